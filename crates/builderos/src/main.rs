@@ -1,0 +1,91 @@
+//! `builderos`: the one binary. `dev` runs everything on an embedded database; `serve`,
+//! `operator` and `migrate` are the production commands; the rest are tools.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use builderos_shared::config::Config;
+use clap::{Parser, Subcommand};
+
+/// BuilderOS team platform: multi-tenant server for agent pipelines.
+///
+/// Configuration comes from BR_OS_* environment variables; see the README's table.
+#[derive(Debug, Parser)]
+#[command(name = "builderos", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the API and the operator's control surface in one process. Without BR_OS_DB_URL,
+    /// starts a private PostgreSQL cluster under BR_OS_DATA_DIR (default .builderos/).
+    Dev,
+    /// Serve the HTTP API on BR_OS_HTTP_ADDR (needs BR_OS_DB_URL).
+    Serve,
+    /// Run the pipeline operator and its control server on BR_OS_OPERATOR_ADDR (needs BR_OS_DB_URL).
+    Operator,
+    /// Apply pending database migrations as the schema owner (BR_OS_MIGRATE_DB_URL, else BR_OS_DB_URL).
+    Migrate,
+    /// Write the OpenAPI document generated from the code.
+    Openapi {
+        /// Where to write it; `-` for stdout.
+        #[arg(long, default_value = "openapi/openapi.json")]
+        out: String,
+        /// Compare with the file instead of writing it; exit 1 when it differs.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Write the generated reference docs (docs/errors.md) from the code.
+    Docs {
+        /// The docs directory.
+        #[arg(long, default_value = "docs")]
+        dir: String,
+        /// Compare instead of writing; exit 1 when a file differs.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("builderos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    builderos_shared::telemetry::init_logging(&config.log_filter, config.log_format);
+    builderos_shared::telemetry::install_panic_hook();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("builderos: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev => commands::dev(&config).await,
+            Command::Serve => commands::serve(&config).await,
+            Command::Operator => commands::operator(&config).await,
+            Command::Migrate => commands::migrate(&config).await,
+            Command::Openapi { out, check } => commands::openapi(&out, check),
+            Command::Docs { dir, check } => commands::docs(&dir, check),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "command failed");
+            eprintln!("builderos: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

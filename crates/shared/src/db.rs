@@ -1,0 +1,105 @@
+//! Database set-up: the app's pool, migrations, and the readiness probe.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::pg::APP_GROUP_ROLE;
+
+/// The migrations under `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// How long a request waits for a pooled connection before answering 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Opens the app's pool lazily: the process starts (and `/health` answers) even while the
+/// database is down; `/ready` and requests report it.
+///
+/// # Errors
+/// When `url` is not a valid PostgreSQL URL.
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options.application_name("builderos");
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .test_before_acquire(true)
+        .connect_lazy_with(options))
+}
+
+/// Runs the pending migrations as the schema owner.
+///
+/// The NOLOGIN group role `builderos_app` that the migrations grant privileges to must exist;
+/// it is created here when the owner may create roles, otherwise the error says so.
+///
+/// # Errors
+/// Connection failures, a missing app role the owner cannot create, or a failing migration.
+pub async fn migrate(owner_url: &str) -> Result<(), MigrateError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(owner_url)
+        .await?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(APP_GROUP_ROLE)
+        .fetch_optional(&pool)
+        .await?;
+    if exists.is_none() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {APP_GROUP_ROLE} NOLOGIN"
+        )))
+        .execute(&pool)
+        .await
+        .map_err(|e| MigrateError::AppRole(e.to_string()))?;
+    }
+    MIGRATOR.run(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Why `migrate` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// Connecting or querying failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The group role is missing and could not be created.
+    #[error(
+        "the role `builderos_app` does not exist and could not be created ({0}); create it once as a \
+         superuser (CREATE ROLE builderos_app NOLOGIN) and grant it to the app's login role"
+    )]
+    AppRole(String),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// One database round-trip, bounded by `timeout`. Used by `/ready`.
+pub async fn ping(pool: &PgPool, timeout: Duration) -> bool {
+    let probe = async {
+        let mut conn = pool.acquire().await?;
+        sqlx::query("SELECT 1").execute(&mut *conn).await
+    };
+    matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(_)))
+}
+
+/// True for errors that mean "the database can't be reached right now" (→ 503), as opposed
+/// to a bad query (→ 500).
+#[must_use]
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+            matches!(
+                db.code().as_deref(),
+                Some("57P01" | "57P02" | "57P03" | "53300")
+            )
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,294 @@
+//! Test support: a throwaway PostgreSQL cluster per test process, a fresh migrated database
+//! per test, and the app spawned on a random port with an HTTP client.
+//!
+//! The cluster lives under the system temp directory in `builderos-test-<pid>/`. It is started
+//! once per test binary, on first use, from the PostgreSQL server binaries installed on the
+//! machine (as an unprivileged user when the tests run as root). It cannot outlive the tests:
+//! the server is tied to the test process by a parent-death signal, and a detached watcher
+//! removes the directory once both are gone — also when a test fails or the binary is killed.
+//! Directories left by killed runs of earlier builds are swept on start.
+//!
+//! Each test gets its own database, copied from a migrated template, and connects as the app
+//! role (`builderos_api`: not superuser, not `BYPASSRLS`, owner of nothing).
+//!
+//! # Layout
+//! - [`cluster`]: the shared cluster, started once.
+//! - [`TestDb`]: a fresh database per test.
+//! - [`TestApp`]: the API on a random port with a client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::Router;
+use builderos_shared::config::Config;
+use builderos_shared::pg::{self, Cluster, ClusterOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+
+const TEMPLATE_DB: &str = "builderos_template";
+
+static CLUSTER: OnceCell<Arc<Cluster>> = OnceCell::const_new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// The test process's cluster, started (and its template database migrated) on first use.
+///
+/// # Panics
+/// When PostgreSQL can't be started: tests can't run without it, and the message says why.
+pub async fn cluster() -> Arc<Cluster> {
+    let cluster = CLUSTER
+        .get_or_init(|| async {
+            sweep_stale_dirs();
+            let root = test_root(std::process::id());
+            pg::remove_tree(&root);
+            let cluster = match Cluster::start(ClusterOptions::throwaway(&root)).await {
+                Ok(cluster) => Arc::new(cluster),
+                Err(e) => panic!("cannot start the test PostgreSQL cluster: {e}"),
+            };
+            watch_and_clean(cluster.pid(), &root);
+            create_template(&cluster).await;
+            cluster
+        })
+        .await;
+    Arc::clone(cluster)
+}
+
+fn test_root(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("builderos-test-{pid}"))
+}
+
+/// Removes directories of earlier test processes that are no longer alive.
+fn sweep_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("builderos-test-"))
+        else {
+            continue;
+        };
+        if let Ok(pid) = pid.parse::<i32>()
+            && !pg::process_alive(pid)
+        {
+            pg::remove_tree(&entry.path());
+        }
+    }
+}
+
+/// A detached shell waits for the test process and the server to be gone, then removes the
+/// cluster directory. Being a separate process, it also cleans up after a killed test binary.
+fn watch_and_clean(server_pid: i32, root: &std::path::Path) {
+    let script = format!(
+        "while kill -0 {test} 2>/dev/null || kill -0 {server} 2>/dev/null; do sleep 0.2; done; rm -rf '{root}'",
+        test = std::process::id(),
+        server = server_pid,
+        root = root.display(),
+    );
+    let spawned = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!(
+            "warning: cannot start the cleanup watcher ({e}); {} may be left behind",
+            root.display()
+        );
+    }
+}
+
+use std::os::unix::process::CommandExt as _;
+
+async fn create_template(cluster: &Cluster) {
+    let mut conn = PgConnection::connect(&cluster.superuser_url("postgres"))
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {TEMPLATE_DB} OWNER {}",
+        pg::OWNER_ROLE
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap_or_else(|e| panic!("cannot create the template database: {e}"));
+    drop(conn.close().await);
+    builderos_shared::db::migrate(&cluster.owner_url(TEMPLATE_DB))
+        .await
+        .unwrap_or_else(|e| panic!("migrations failed on the template database: {e}"));
+}
+
+/// A fresh, migrated database for one test.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    /// The database's name.
+    pub name: String,
+    /// URL for the app role (row-level security applies).
+    pub app_url: String,
+    /// URL for the schema owner (for arranging what the app can't do, e.g. tampering).
+    pub owner_url: String,
+    /// URL for the superuser.
+    pub superuser_url: String,
+}
+
+impl TestDb {
+    /// Creates a database from the migrated template.
+    ///
+    /// # Panics
+    /// When the cluster can't create it.
+    pub async fn new() -> Self {
+        let cluster = cluster().await;
+        let name = format!("test_{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
+        let mut conn = PgConnection::connect(&cluster.superuser_url("postgres"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB} OWNER {}",
+            pg::OWNER_ROLE
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        drop(conn.close().await);
+        Self {
+            app_url: cluster.app_url(&name),
+            owner_url: cluster.owner_url(&name),
+            superuser_url: cluster.superuser_url(&name),
+            name,
+        }
+    }
+
+    /// A pool connected as the app role.
+    ///
+    /// # Panics
+    /// On an invalid URL (never for URLs made here).
+    #[must_use]
+    pub fn app_pool(&self) -> PgPool {
+        builderos_shared::db::connect_lazy(&self.app_url, 10)
+            .unwrap_or_else(|e| panic!("bad app url: {e}"))
+    }
+}
+
+/// The configuration tests run with: every default, nothing from the environment.
+///
+/// # Panics
+/// Never: the defaults always parse.
+#[must_use]
+pub fn test_config() -> Config {
+    Config::from_lookup(|name| (name == "BR_OS_ENV").then(|| "test".to_owned()))
+        .unwrap_or_else(|e| panic!("default config: {e}"))
+}
+
+/// The API served on a random loopback port, over its own fresh database.
+#[derive(Debug)]
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// An HTTP client for it.
+    pub client: reqwest::Client,
+    /// Its database.
+    pub db: TestDb,
+    /// The app role's pool the server uses.
+    pub pool: PgPool,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    /// Spawns the API over a fresh database.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Router::new()).await
+    }
+
+    /// Spawns the API with `extra` routes merged in (tests use this to add a panicking route
+    /// or a JSON echo to exercise the middleware).
+    pub async fn spawn_with(extra: Router) -> Self {
+        let db = TestDb::new().await;
+        let pool = db.app_pool();
+        let config = test_config();
+        Self::spawn_router(db, pool.clone(), |body_limit| {
+            let state = builderos_api::AppState::new(&config, pool);
+            builderos_shared::http::finish(
+                builderos_api::router(state).merge(extra),
+                builderos_api::SERVICE,
+                body_limit,
+            )
+        })
+        .await
+    }
+
+    /// Spawns whatever router `build` makes (given the body limit) over `db`.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound.
+    pub async fn spawn_router(
+        db: TestDb,
+        pool: PgPool,
+        build: impl FnOnce(usize) -> Router,
+    ) -> Self {
+        builderos_shared::telemetry::init_logging(
+            "warn",
+            builderos_shared::config::LogFormat::Pretty,
+        );
+        let router = build(test_config().body_limit_bytes);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local addr: {e}"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(builderos_shared::http::serve(listener, router, async {
+            drop(rx.await);
+        }));
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            db,
+            pool,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// The absolute URL of `path`.
+    #[must_use]
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `GET path`.
+    ///
+    /// # Panics
+    /// When the request can't be sent at all.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Reads a response as JSON, panicking with the body when it isn't.
+///
+/// # Panics
+/// When the body isn't JSON.
+pub async fn json(response: reqwest::Response) -> serde_json::Value {
+    let text = response
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("reading body: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"))
+}
