@@ -47,7 +47,7 @@ async fn spawn_with_pool(db: TestDb, pool: sqlx::PgPool) -> TestApp {
     let config = builderos_test_support::test_config();
     let probe = probe_routes(pool.clone());
     TestApp::spawn_router(db, pool.clone(), move |limit| {
-        let state = builderos_api::AppState::new(&config, pool);
+        let state = builderos_api::AppState::new(&config, pool).expect("app state");
         builderos_shared::http::finish(
             builderos_api::router(state).merge(probe),
             builderos_api::SERVICE,
@@ -377,16 +377,23 @@ async fn openapi_matches_code_and_is_served() {
     assert!(res.text().await.expect("html").contains("<html"));
 }
 
-/// docs/errors.md is generated from the ErrorCode enum and must not drift.
+/// docs/errors.md and docs/permissions.md are generated from the code and must not drift.
 #[test]
-fn error_docs_match_code() {
-    let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/errors.md"))
-            .expect("docs/errors.md exists");
-    assert!(
-        committed == builderos_shared::error::render_markdown(),
-        "docs/errors.md is out of date: run `cargo run -p builderos -- docs` and commit it"
-    );
+fn generated_docs_match_code() {
+    for (name, text) in [
+        ("errors.md", builderos_shared::error::render_markdown()),
+        (
+            "permissions.md",
+            builderos_api::permissions::render_markdown(),
+        ),
+    ] {
+        let path = format!("{}/../../docs/{name}", env!("CARGO_MANIFEST_DIR"));
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(
+            committed == text,
+            "docs/{name} is out of date: run `cargo run -p builderos -- docs` and commit it"
+        );
+    }
 }
 
 /// Each test gets its own database: what one writes, another doesn't see.

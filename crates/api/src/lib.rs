@@ -6,6 +6,22 @@
 //!
 //! # Layout
 //! - this file: [`AppState`], [`router`], [`app`], [`openapi`].
+//! - [`permissions`]: the permission matrix (`verb:resource` × roles).
+//! - [`auth`]: extractors, authorization, secrets, passwords, JWTs, throttling.
+//! - [`sessions`]: sign-in sessions and refresh-token rotation.
+//! - [`audit`]: the one audit writer.
+//! - [`domain`]: validated values (emails, slugs, names).
+//! - `routes/`: one module per resource, each with its `router()`.
+
+pub mod audit;
+pub mod auth;
+pub mod domain;
+pub mod mail;
+pub mod permissions;
+mod routes;
+pub mod sessions;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
@@ -26,13 +42,28 @@ pub struct AppState {
     pub pool: PgPool,
     /// What the control endpoints report.
     pub control: ControlState,
+    /// Access-token keys.
+    pub keys: Arc<auth::jwt::Keys>,
+    /// The platform's external base URL (for links in mail).
+    pub public_url: Arc<str>,
 }
 
+/// The JWT issuer every access token names.
+pub const ISSUER: &str = "builderos";
+
 impl AppState {
-    /// State for the API over `pool`, reporting the identity in `config`.
-    #[must_use]
-    pub fn new(config: &Config, pool: PgPool) -> Self {
-        Self {
+    /// State for the API over `pool`, configured by `config`.
+    ///
+    /// # Errors
+    /// When the configured JWT key can't be loaded.
+    pub fn new(config: &Config, pool: PgPool) -> Result<Self, auth::jwt::KeyError> {
+        let keys = match &config.jwt_private_key {
+            Some(pem) => {
+                auth::jwt::Keys::from_pem(ISSUER, pem.expose(), &config.jwt_previous_public_keys)?
+            }
+            None => auth::jwt::Keys::ephemeral(ISSUER)?,
+        };
+        Ok(Self {
             control: ControlState {
                 service: SERVICE,
                 version: config.version.clone(),
@@ -41,7 +72,9 @@ impl AppState {
                 pool: pool.clone(),
             },
             pool,
-        }
+            keys: Arc::new(keys),
+            public_url: Arc::from(config.public_url.as_str()),
+        })
     }
 }
 
@@ -60,12 +93,41 @@ impl FromRef<AppState> for ControlState {
         license(name = "Apache-2.0")
     ),
     components(schemas(http::ErrorEnvelope, http::ErrorDetail)),
-    tags((name = "control", description = "Liveness, readiness, version and metrics"))
+    modifiers(&BearerAuth),
+    tags(
+        (name = "control", description = "Liveness, readiness, version and metrics"),
+        (name = "auth", description = "Sign-up, sign-in, sessions"),
+        (name = "orgs", description = "Orgs, members, invitations"),
+        (name = "projects", description = "Projects and their environments"),
+        (name = "tokens", description = "API tokens for machines"),
+    )
 )]
 struct ApiDoc;
 
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An access JWT from sign-in, or an API token (`bos_…`)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
 fn openapi_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(http::control_routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(http::control_routes())
+        .merge(routes::router())
 }
 
 /// The OpenAPI document of every route (written to `openapi/openapi.json` by `builderos openapi`).

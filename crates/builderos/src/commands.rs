@@ -29,6 +29,8 @@ pub enum CommandError {
     Serve(std::io::Error),
     #[error("{0}")]
     Io(String),
+    #[error("{0}")]
+    Keys(#[from] builderos_api::auth::jwt::KeyError),
     #[error("{0} is out of date; run `{1}` and commit the result")]
     Drift(String, &'static str),
 }
@@ -68,7 +70,7 @@ async fn dev_serve(config: &Config, app_url: &str, owner_url: &str) -> Result<()
     db::migrate(owner_url).await?;
     let pool =
         db::connect_lazy(app_url, config.db_max_connections).map_err(CommandError::DatabaseUrl)?;
-    let api = builderos_api::router(builderos_api::AppState::new(config, pool.clone()));
+    let api = builderos_api::router(builderos_api::AppState::new(config, pool.clone())?);
     let operator =
         builderos_operator::router(builderos_operator::OperatorState::new(config, pool.clone()));
     let app = http::finish(
@@ -95,7 +97,7 @@ pub async fn serve(config: &Config) -> Result<(), CommandError> {
     let pool = db::connect_lazy(url.expose(), config.db_max_connections)
         .map_err(CommandError::DatabaseUrl)?;
     let app = builderos_api::app(
-        builderos_api::AppState::new(config, pool.clone()),
+        builderos_api::AppState::new(config, pool.clone())?,
         config.body_limit_bytes,
     );
     let listener = bind(config.http_addr).await?;
@@ -145,15 +147,19 @@ pub fn openapi(out: &str, check: bool) -> Result<(), CommandError> {
     )
 }
 
-/// `builderos docs`.
+/// `builderos docs`: the reference pages generated from code.
 pub fn docs(dir: &str, check: bool) -> Result<(), CommandError> {
-    let path = Path::new(dir).join("errors.md");
-    write_or_check(
-        &path,
-        &builderos_shared::error::render_markdown(),
-        check,
-        "builderos docs",
-    )
+    let pages = [
+        ("errors.md", builderos_shared::error::render_markdown()),
+        (
+            "permissions.md",
+            builderos_api::permissions::render_markdown(),
+        ),
+    ];
+    for (name, text) in pages {
+        write_or_check(&Path::new(dir).join(name), &text, check, "builderos docs")?;
+    }
+    Ok(())
 }
 
 fn write_or_check(

@@ -38,7 +38,7 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Write the generated reference docs (docs/errors.md) from the code.
+    /// Write the generated reference docs (docs/errors.md, docs/permissions.md) from the code.
     Docs {
         /// The docs directory.
         #[arg(long, default_value = "docs")]

@@ -145,6 +145,15 @@ pub struct Config {
     pub operator_default_timeout: Duration,
     /// `BR_OS_BODY_LIMIT_BYTES`: the largest request body accepted (default 1 MiB).
     pub body_limit_bytes: usize,
+    /// `BR_OS_PUBLIC_URL`: the platform's external base URL, used in links sent by mail
+    /// (default `http://<BR_OS_HTTP_ADDR>`).
+    pub public_url: String,
+    /// `BR_OS_JWT_PRIVATE_KEY`: Ed25519 PKCS#8 PEM signing access tokens. Required in
+    /// production; elsewhere a per-process key is generated when unset.
+    pub jwt_private_key: Option<Secret>,
+    /// `BR_OS_JWT_PREVIOUS_PUBLIC_KEYS`: SPKI PEM public keys of rotated-out signing keys,
+    /// concatenated; tokens they signed keep verifying until they expire.
+    pub jwt_previous_public_keys: Vec<String>,
     /// `BR_OS_LOG`: a tracing filter (default `info`).
     pub log_filter: String,
     /// `BR_OS_LOG_FORMAT`: auto (default), json, pretty.
@@ -200,12 +209,34 @@ impl Config {
                 ));
             }
         };
+        let http_addr = parse_addr(&get, "BR_OS_HTTP_ADDR", "127.0.0.1:8080")?;
+        let public_url = get("BR_OS_PUBLIC_URL").unwrap_or_else(|| format!("http://{http_addr}"));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "BR_OS_PUBLIC_URL",
+                "must start with http:// or https://",
+            ));
+        }
+        let jwt_private_key =
+            get("BR_OS_JWT_PRIVATE_KEY").map(|k| Secret::new(k.replace("\\n", "\n")));
+        if env == Environment::Production && jwt_private_key.is_none() {
+            return Err(ConfigError::new(
+                "BR_OS_JWT_PRIVATE_KEY",
+                "is required in production (an Ed25519 PKCS#8 PEM key shared by every API replica)",
+            ));
+        }
+        let jwt_previous_public_keys = get("BR_OS_JWT_PREVIOUS_PUBLIC_KEYS")
+            .map(|all| split_pems(&all.replace("\\n", "\n")))
+            .unwrap_or_default();
         Ok(Self {
             env,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            jwt_private_key,
+            jwt_previous_public_keys,
             db_url,
             migrate_db_url,
             db_max_connections: parse_num(&get, "BR_OS_DB_MAX_CONNECTIONS", 10, 1, 1000)?,
-            http_addr: parse_addr(&get, "BR_OS_HTTP_ADDR", "127.0.0.1:8080")?,
+            http_addr,
             operator_addr: parse_addr(&get, "BR_OS_OPERATOR_ADDR", "127.0.0.1:8081")?,
             data_dir: get("BR_OS_DATA_DIR")
                 .map_or_else(|| PathBuf::from(".builderos"), PathBuf::from),
@@ -287,9 +318,25 @@ impl Config {
             operator_max_concurrency = self.operator_max_concurrency,
             operator_default_timeout_seconds = self.operator_default_timeout.as_secs(),
             body_limit_bytes = self.body_limit_bytes,
+            public_url = %self.public_url,
+            jwt_private_key = if self.jwt_private_key.is_some() { "***" } else { "(generated per process)" },
+            jwt_previous_public_keys = self.jwt_previous_public_keys.len(),
             "configuration resolved"
         );
     }
+}
+
+fn split_pems(all: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in all.lines() {
+        current.push_str(line.trim());
+        current.push('\n');
+        if line.trim().starts_with("-----END") {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    out
 }
 
 fn check_db_url(var: &'static str, url: &Secret) -> Result<(), ConfigError> {

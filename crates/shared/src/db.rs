@@ -103,3 +103,68 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// What a transaction may see under row-level security: the policies read these
+/// transaction-local settings, and a setting left unset matches no row.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// `app.org_id`: the org the transaction acts in.
+    pub org: Option<uuid::Uuid>,
+    /// `app.user_id`: the signed-in user (their own memberships are visible).
+    pub user: Option<uuid::Uuid>,
+    /// `app.token_hash`: the hash of a presented secret (its one row is visible).
+    pub token_hash: Option<String>,
+}
+
+impl Scope {
+    /// A transaction acting inside `org`.
+    #[must_use]
+    pub fn org(org: uuid::Uuid) -> Self {
+        Self {
+            org: Some(org),
+            ..Self::default()
+        }
+    }
+
+    /// A transaction acting for `user`, in no org.
+    #[must_use]
+    pub fn user(user: uuid::Uuid) -> Self {
+        Self {
+            user: Some(user),
+            ..Self::default()
+        }
+    }
+
+    /// A transaction that may see the row a secret designates.
+    #[must_use]
+    pub fn token(hash: impl Into<String>) -> Self {
+        Self {
+            token_hash: Some(hash.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Begins a transaction whose row-level-security settings are `scope`.
+///
+/// # Errors
+/// Connection or query failures.
+pub async fn begin(
+    pool: &PgPool,
+    scope: &Scope,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let org = scope.org.map(|o| o.to_string()).unwrap_or_default();
+    let user = scope.user.map(|u| u.to_string()).unwrap_or_default();
+    let token = scope.token_hash.clone().unwrap_or_default();
+    sqlx::query(
+        "SELECT set_config('app.org_id', $1, true), set_config('app.user_id', $2, true), \
+         set_config('app.token_hash', $3, true)",
+    )
+    .bind(org)
+    .bind(user)
+    .bind(token)
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}

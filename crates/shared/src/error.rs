@@ -53,6 +53,8 @@ error_codes! {
     MethodNotAllowed => ("ERR_METHOD_NOT_ALLOWED", 405),
     /// The request conflicts with current state (a duplicate, a stale version).
     Conflict => ("ERR_CONFLICT", 409),
+    /// The link, invitation or token was valid once but is expired, used or revoked.
+    Expired => ("ERR_EXPIRED", 410),
     /// The request body exceeds the configured limit.
     PayloadTooLarge => ("ERR_PAYLOAD_TOO_LARGE", 413),
     /// The request body has a content type the endpoint does not accept.
@@ -127,6 +129,7 @@ mod tests {
                 ("ERR_NOT_FOUND", 404),
                 ("ERR_METHOD_NOT_ALLOWED", 405),
                 ("ERR_CONFLICT", 409),
+                ("ERR_EXPIRED", 410),
                 ("ERR_PAYLOAD_TOO_LARGE", 413),
                 ("ERR_UNSUPPORTED_MEDIA_TYPE", 415),
                 ("ERR_RATE_LIMITED", 429),

@@ -211,7 +211,8 @@ impl TestApp {
         let pool = db.app_pool();
         let config = test_config();
         Self::spawn_router(db, pool.clone(), |body_limit| {
-            let state = builderos_api::AppState::new(&config, pool);
+            let state = builderos_api::AppState::new(&config, pool)
+                .unwrap_or_else(|e| panic!("app state: {e}"));
             builderos_shared::http::finish(
                 builderos_api::router(state).merge(extra),
                 builderos_api::SERVICE,

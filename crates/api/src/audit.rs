@@ -1,0 +1,364 @@
+//! The one audit writer. Every mutating operation calls [`record`] with the transaction that
+//! makes the change, so the change and its event commit or roll back together.
+//!
+//! Events are hash-chained per org (org-less platform events — sign-up, sign-in — form their
+//! own chain): the writer locks the chain's head row, so concurrent writers in one org still
+//! produce one gapless sequence, and `hash = SHA-256(canonical JSON of the event including
+//! prev_hash)`.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// The chain id of platform events that belong to no org.
+pub const PLATFORM_CHAIN: Uuid = Uuid::nil();
+/// `prev_hash` of the first event of a chain.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Detail larger than this (canonical JSON bytes) is replaced by a truncation marker.
+pub const MAX_DETAIL_BYTES: usize = 8 * 1024;
+
+/// Keys whose values never reach an event, whatever the caller passes.
+const REDACTED_KEYS: &[&str] = &[
+    "password",
+    "token",
+    "secret",
+    "refresh_token",
+    "access_token",
+    "authorization",
+    "prompt",
+    "response",
+    "code",
+    "code_verifier",
+];
+
+/// Who acted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A signed-in user.
+    User {
+        /// The user id.
+        id: Uuid,
+        /// Their email, as display name.
+        name: String,
+    },
+    /// An API token.
+    Token {
+        /// The token id.
+        id: Uuid,
+        /// The token's name.
+        name: String,
+    },
+    /// The platform itself (schedulers, retention).
+    System,
+    /// Nobody authenticated (failed sign-ins).
+    Anonymous,
+}
+
+/// The request-level facts every event carries.
+#[derive(Debug, Clone)]
+pub struct AuditContext {
+    /// Who acted.
+    pub actor: Actor,
+    /// How they authenticated: `password`, `magic_link`, `oauth:<provider>`, `api_token`, …
+    pub auth_method: Option<String>,
+    /// The request id.
+    pub request_id: Option<String>,
+    /// The client's address.
+    pub client_addr: Option<String>,
+    /// The client's user agent (truncated).
+    pub user_agent: Option<String>,
+}
+
+impl AuditContext {
+    /// A context for work the platform does on its own.
+    #[must_use]
+    pub fn system() -> Self {
+        Self {
+            actor: Actor::System,
+            auth_method: None,
+            request_id: None,
+            client_addr: None,
+            user_agent: None,
+        }
+    }
+
+    /// The same request, now attributed to `actor` (after a successful sign-in).
+    #[must_use]
+    pub fn as_actor(&self, actor: Actor, auth_method: &str) -> Self {
+        Self {
+            actor,
+            auth_method: Some(auth_method.to_owned()),
+            ..self.clone()
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It happened.
+    Success,
+    /// It was refused for lack of permission.
+    Denied,
+    /// It was attempted and failed (bad credentials, invalid input on a protected action).
+    Failure,
+}
+
+impl Outcome {
+    /// The stored form.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::Failure => "failure",
+        }
+    }
+}
+
+/// One thing that happened.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Dotted action name from the catalogue in docs/audit.md.
+    pub action: &'static str,
+    /// The kind of thing acted on.
+    pub target_type: Option<&'static str>,
+    /// Its id.
+    pub target_id: Option<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Bounded, redacted detail.
+    pub detail: Value,
+}
+
+impl Event {
+    /// A successful `action` on `target_type`/`target_id`.
+    pub fn success(
+        action: &'static str,
+        target_type: &'static str,
+        target_id: impl ToString,
+    ) -> Self {
+        Self {
+            action,
+            target_type: Some(target_type),
+            target_id: Some(target_id.to_string()),
+            outcome: Outcome::Success,
+            detail: Value::Object(serde_json::Map::new()),
+        }
+    }
+
+    /// Sets the outcome.
+    #[must_use]
+    pub fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+
+    /// Sets the detail.
+    #[must_use]
+    pub fn detail(mut self, detail: Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// The hashed form of an event: every stored field except `hash`.
+#[derive(Debug, Serialize)]
+pub struct ChainedFields<'a> {
+    /// Event id.
+    pub id: Uuid,
+    /// Org (None for platform events).
+    pub org_id: Option<Uuid>,
+    /// Position in the chain.
+    pub seq: i64,
+    /// RFC 3339 with microseconds, UTC.
+    pub occurred_at: String,
+    /// `user`, `token`, `system`, `anonymous`.
+    pub actor_type: &'a str,
+    /// Actor id.
+    pub actor_id: Option<&'a str>,
+    /// Actor display name.
+    pub actor_name: Option<&'a str>,
+    /// How the actor authenticated.
+    pub auth_method: Option<&'a str>,
+    /// Action name.
+    pub action: &'a str,
+    /// Target type.
+    pub target_type: Option<&'a str>,
+    /// Target id.
+    pub target_id: Option<&'a str>,
+    /// Outcome.
+    pub outcome: &'a str,
+    /// Request id.
+    pub request_id: Option<&'a str>,
+    /// Client address.
+    pub client_addr: Option<&'a str>,
+    /// User agent.
+    pub user_agent: Option<&'a str>,
+    /// Detail.
+    pub detail: &'a Value,
+    /// The previous event's hash.
+    pub prev_hash: &'a str,
+}
+
+impl ChainedFields<'_> {
+    /// `SHA-256(canonical JSON)` of these fields.
+    #[must_use]
+    pub fn hash(&self) -> String {
+        builderos_canon::canonical_sha256_hex(self).unwrap_or_default()
+    }
+}
+
+/// The canonical timestamp form used in the hash.
+#[must_use]
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Redacts secret-looking keys and caps the size of `detail`.
+#[must_use]
+pub fn sanitize(detail: Value) -> Value {
+    fn redact(v: Value) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| {
+                        let lower = k.to_ascii_lowercase();
+                        if REDACTED_KEYS
+                            .iter()
+                            .any(|r| lower == *r || lower.ends_with(&format!("_{r}")))
+                        {
+                            (k, Value::String("[redacted]".to_owned()))
+                        } else {
+                            (k, redact(v))
+                        }
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
+            other => other,
+        }
+    }
+    let detail = redact(detail);
+    let size = builderos_canon::value_to_canonical_bytes(&detail).len();
+    if size > MAX_DETAIL_BYTES {
+        serde_json::json!({"truncated": true, "original_bytes": size})
+    } else {
+        detail
+    }
+}
+
+fn truncate(s: Option<&str>, max: usize) -> Option<String> {
+    s.map(|s| s.chars().take(max).collect())
+}
+
+/// Appends `event` to `org`'s chain (the platform chain when `org` is None) inside the
+/// caller's transaction.
+///
+/// # Errors
+/// Database errors; the caller's transaction then rolls back with the change.
+pub async fn record(
+    conn: &mut PgConnection,
+    org: Option<Uuid>,
+    ctx: &AuditContext,
+    event: Event,
+) -> Result<(), sqlx::Error> {
+    let chain = org.unwrap_or(PLATFORM_CHAIN);
+    sqlx::query(
+        "INSERT INTO audit_heads (chain_id, seq, hash) VALUES ($1, 0, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(chain)
+    .bind(GENESIS_HASH)
+    .execute(&mut *conn)
+    .await?;
+    let (head_seq, head_hash): (i64, String) =
+        sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE chain_id = $1 FOR UPDATE")
+            .bind(chain)
+            .fetch_one(&mut *conn)
+            .await?;
+    let occurred_at = Utc::now().trunc_subsecs(6);
+    let (actor_type, actor_id, actor_name) = match &ctx.actor {
+        Actor::User { id, name } => ("user", Some(id.to_string()), Some(name.clone())),
+        Actor::Token { id, name } => ("token", Some(id.to_string()), Some(name.clone())),
+        Actor::System => ("system", None, Some("system".to_owned())),
+        Actor::Anonymous => ("anonymous", None, None),
+    };
+    let detail = sanitize(event.detail);
+    let user_agent = truncate(ctx.user_agent.as_deref(), 256);
+    let request_id = truncate(ctx.request_id.as_deref(), 128);
+    let fields = ChainedFields {
+        id: Uuid::now_v7(),
+        org_id: org,
+        seq: head_seq + 1,
+        occurred_at: timestamp(occurred_at),
+        actor_type,
+        actor_id: actor_id.as_deref(),
+        actor_name: actor_name.as_deref(),
+        auth_method: ctx.auth_method.as_deref(),
+        action: event.action,
+        target_type: event.target_type,
+        target_id: event.target_id.as_deref(),
+        outcome: event.outcome.as_str(),
+        request_id: request_id.as_deref(),
+        client_addr: ctx.client_addr.as_deref(),
+        user_agent: user_agent.as_deref(),
+        detail: &detail,
+        prev_hash: &head_hash,
+    };
+    let hash = fields.hash();
+    sqlx::query(
+        "INSERT INTO audit_events (id, org_id, seq, occurred_at, actor_type, actor_id, actor_name, \
+         auth_method, action, target_type, target_id, outcome, request_id, client_addr, user_agent, \
+         detail, prev_hash, hash) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)",
+    )
+    .bind(fields.id)
+    .bind(org)
+    .bind(fields.seq)
+    .bind(occurred_at)
+    .bind(actor_type)
+    .bind(fields.actor_id)
+    .bind(fields.actor_name)
+    .bind(fields.auth_method)
+    .bind(fields.action)
+    .bind(fields.target_type)
+    .bind(fields.target_id)
+    .bind(fields.outcome)
+    .bind(fields.request_id)
+    .bind(fields.client_addr)
+    .bind(fields.user_agent)
+    .bind(&detail)
+    .bind(&head_hash)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain_id = $1")
+        .bind(chain)
+        .bind(fields.seq)
+        .bind(&hash)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Secret-looking keys are redacted at any depth; oversized detail is replaced.
+    #[test]
+    fn sanitize_redacts_and_caps() {
+        let d = sanitize(
+            serde_json::json!({"email": "a@b.c", "password": "hunter2", "nested": {"refresh_token": "x", "api_token": "y"}}),
+        );
+        assert_eq!(d["email"], "a@b.c");
+        assert_eq!(d["password"], "[redacted]");
+        assert_eq!(d["nested"]["refresh_token"], "[redacted]");
+        assert_eq!(d["nested"]["api_token"], "[redacted]");
+        let big = sanitize(serde_json::json!({"blob": "x".repeat(MAX_DETAIL_BYTES)}));
+        assert_eq!(big["truncated"], true);
+    }
+}
