@@ -274,6 +274,141 @@ impl TestApp {
     }
 }
 
+/// A signed-up user's session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The user id.
+    pub user_id: String,
+    /// Their email.
+    pub email: String,
+    /// Access JWT.
+    pub access: String,
+    /// Refresh token.
+    pub refresh: String,
+}
+
+/// The password test users sign up with.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+impl TestApp {
+    /// Sends `method path` with an optional bearer token and JSON body; returns status and JSON
+    /// body (`null` for empty bodies).
+    ///
+    /// # Panics
+    /// When the request can't be sent or the body isn't JSON.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.client.request(method.clone(), self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = res.status().as_u16();
+        let text = res
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("reading body: {e}"));
+        let json = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {text}"))
+        };
+        (status, json)
+    }
+
+    /// `GET` as `token`.
+    pub async fn get_as(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    /// `POST` JSON as `token` (or anonymously).
+    pub async fn post_as(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    /// Signs up `email` with [`PASSWORD`].
+    ///
+    /// # Panics
+    /// When sign-up fails.
+    pub async fn signup(&self, email: &str) -> Session {
+        let (status, body) = self
+            .post_as(
+                "/v1/auth/signup",
+                None,
+                serde_json::json!({"email": email, "password": PASSWORD, "display_name": email.split('@').next().unwrap_or("user")}),
+            )
+            .await;
+        assert_eq!(status, 201, "signup {email}: {body}");
+        session_from(email, &body)
+    }
+
+    /// Creates an org as `owner`; returns its id.
+    ///
+    /// # Panics
+    /// When creation fails.
+    pub async fn create_org(&self, owner: &Session, slug: &str) -> String {
+        let (status, body) = self
+            .post_as(
+                "/v1/orgs",
+                Some(&owner.access),
+                serde_json::json!({"slug": slug, "name": slug}),
+            )
+            .await;
+        assert_eq!(status, 201, "create org {slug}: {body}");
+        body["id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// A pool connected as the cluster's superuser (which bypasses row-level security), for
+    /// arranging and inspecting what the app role can't see or do.
+    #[must_use]
+    pub fn superuser_pool(&self) -> PgPool {
+        builderos_shared::db::connect_lazy(&self.db.superuser_url, 4)
+            .unwrap_or_else(|e| panic!("bad url: {e}"))
+    }
+}
+
+/// Reads a SessionTokens body.
+///
+/// # Panics
+/// When fields are missing.
+#[must_use]
+pub fn session_from(email: &str, body: &serde_json::Value) -> Session {
+    Session {
+        user_id: body["user"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no user id in {body}"))
+            .to_owned(),
+        email: email.to_owned(),
+        access: body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access token in {body}"))
+            .to_owned(),
+        refresh: body["refresh_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no refresh token in {body}"))
+            .to_owned(),
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {

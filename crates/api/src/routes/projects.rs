@@ -108,7 +108,7 @@ async fn environments(
     project: Uuid,
 ) -> Result<Vec<Environment>, sqlx::Error> {
     let rows: Vec<(Uuid, String, bool, i32)> = sqlx::query_as(
-        "SELECT id, name, protected, required_approvals FROM environments WHERE project_id = $1 ORDER BY created_at, name",
+        "SELECT id, name, protected, required_approvals FROM environments WHERE project_id = $1 ORDER BY created_at, id",
     )
     .bind(project)
     .fetch_all(&mut *conn)
@@ -172,7 +172,7 @@ async fn list_projects(
     .fetch_all(&mut *tx)
     .await?;
     let env_rows: Vec<(Uuid, Uuid, String, bool, i32)> = sqlx::query_as(
-        "SELECT project_id, id, name, protected, required_approvals FROM environments WHERE org_id = $1 ORDER BY created_at, name",
+        "SELECT project_id, id, name, protected, required_approvals FROM environments WHERE org_id = $1 ORDER BY created_at, id",
     )
     .bind(org)
     .fetch_all(&mut *tx)
