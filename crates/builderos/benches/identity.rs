@@ -1,0 +1,138 @@
+//! Identity benchmark (a bench binary printing figures, not a timed test):
+//!
+//! - token-authenticated `GET /v1/orgs/{org}/projects` at 32 concurrent connections:
+//!   requests/s and p50/p99 latency;
+//! - the same server's `GET /health` under the same load, and the ratio of the two;
+//! - sign-in latency at the chosen argon2id parameters (m=19456 KiB, t=2, p=1).
+//!
+//! Run: `cargo bench -p builderos --bench identity` (set `BENCH_SECONDS` to change the
+//! duration of each load phase; default 5).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use builderos_test_support::{PASSWORD, TestApp};
+use serde_json::json;
+
+const CONNECTIONS: usize = 32;
+
+struct Load {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Load {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(i).copied().unwrap_or_default()
+    }
+}
+
+async fn load(url: String, token: Option<String>, duration: Duration) -> Load {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .expect("client");
+    let url = Arc::new(url);
+    let token = Arc::new(token);
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (client, url, token) = (client.clone(), Arc::clone(&url), Arc::clone(&token));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let mut req = client.get(url.as_str());
+                if let Some(token) = token.as_ref() {
+                    req = req.bearer_auth(token);
+                }
+                match req.send().await {
+                    Ok(res) if res.status().is_success() => {
+                        let _ = res.bytes().await;
+                        latencies.push(t.elapsed());
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, e) = task.await.expect("task");
+        all.extend(latencies);
+        errors += e;
+    }
+    Load {
+        requests: all.len(),
+        errors,
+        elapsed: started.elapsed(),
+        latencies: all,
+    }
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let duration = Duration::from_secs(seconds);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let app = TestApp::spawn().await;
+        let owner = app.signup("bench@example.com").await;
+        let org = app.create_org(&owner, "bench").await;
+        for i in 0..10 {
+            app.post_as(&format!("/v1/orgs/{org}/projects"), Some(&owner.access), json!({"slug": format!("project-{i}"), "name": format!("Project {i}")})).await;
+        }
+        let (_, token) = app
+            .post_as(&format!("/v1/orgs/{org}/tokens"), Some(&owner.access), json!({"name": "bench", "permissions": ["read:projects"]}))
+            .await;
+        let token = token["token"].as_str().expect("token").to_owned();
+        let projects_url = app.url(&format!("/v1/orgs/{org}/projects"));
+
+        // Warm up both paths.
+        load(projects_url.clone(), Some(token.clone()), Duration::from_millis(500)).await;
+        load(app.url("/health"), None, Duration::from_millis(500)).await;
+
+        let health = load(app.url("/health"), None, duration).await;
+        let projects = load(projects_url, Some(token), duration).await;
+
+        let mut signins = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let (status, _) = app.post_as("/v1/auth/signin", None, json!({"email": "bench@example.com", "password": PASSWORD})).await;
+            assert_eq!(status, 200);
+            signins.push(t.elapsed());
+        }
+        signins.sort();
+
+        println!("identity benchmark ({CONNECTIONS} connections, {seconds} s per phase, 10 projects per list)");
+        println!("  GET /health                      {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
+            health.rps(), ms(health.percentile(0.50)), ms(health.percentile(0.99)), health.errors);
+        println!("  GET /v1/orgs/{{org}}/projects (token) {:>6.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
+            projects.rps(), ms(projects.percentile(0.50)), ms(projects.percentile(0.99)), projects.errors);
+        println!("  ratio projects/health             {:>8.1} %", 100.0 * projects.rps() / health.rps());
+        println!("  sign-in (argon2id m=19456 t=2 p=1)  p50 {:>7.1} ms   p95 {:>7.1} ms   (20 sequential)",
+            ms(signins[signins.len() / 2]), ms(signins[signins.len() * 95 / 100]));
+    });
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
