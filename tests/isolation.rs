@@ -56,7 +56,9 @@ impl Ep {
             Ep::GetOrg => Permission::OrgRead,
             Ep::RenameOrg => Permission::OrgUpdate,
             Ep::ListMembers | Ep::ListInvitations => Permission::MembersRead,
-            Ep::ChangeRole | Ep::RemoveMember | Ep::CreateInvitation | Ep::RevokeInvitation => Permission::MembersManage,
+            Ep::ChangeRole | Ep::RemoveMember | Ep::CreateInvitation | Ep::RevokeInvitation => {
+                Permission::MembersManage
+            }
             Ep::ListProjects | Ep::GetProject => Permission::ProjectsRead,
             Ep::CreateProject | Ep::RenameProject | Ep::DeleteProject => Permission::ProjectsWrite,
             Ep::CreateEnvironment | Ep::UpdateEnvironment => Permission::EnvironmentsWrite,
@@ -67,7 +69,9 @@ impl Ep {
 
     fn success(self) -> u16 {
         match self {
-            Ep::CreateInvitation | Ep::CreateProject | Ep::CreateEnvironment | Ep::CreateToken => 201,
+            Ep::CreateInvitation | Ep::CreateProject | Ep::CreateEnvironment | Ep::CreateToken => {
+                201
+            }
             Ep::RemoveMember | Ep::RevokeInvitation | Ep::DeleteProject | Ep::RevokeToken => 204,
             _ => 200,
         }
@@ -90,7 +94,14 @@ impl World {
     }
 
     async fn invite(&self, email: &str, role: &str) -> Value {
-        let (s, body) = self.app.post_as(&format!("/v1/orgs/{}/invitations", self.org), Some(&self.owner.access), json!({"email": email, "role": role})).await;
+        let (s, body) = self
+            .app
+            .post_as(
+                &format!("/v1/orgs/{}/invitations", self.org),
+                Some(&self.owner.access),
+                json!({"email": email, "role": role}),
+            )
+            .await;
         assert_eq!(s, 201, "{body}");
         body
     }
@@ -103,9 +114,20 @@ impl World {
             .fetch_one(&self.app.superuser_pool())
             .await
             .expect("mail");
-        let token = mail.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).find(|w| w.starts_with("bosi_")).expect("token").to_owned();
+        let token = mail
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|w| w.starts_with("bosi_"))
+            .expect("token")
+            .to_owned();
         let user = self.app.signup(&email).await;
-        let (s, body) = self.app.post_as("/v1/invitations/accept", Some(&user.access), json!({"token": token})).await;
+        let (s, body) = self
+            .app
+            .post_as(
+                "/v1/invitations/accept",
+                Some(&user.access),
+                json!({"token": token}),
+            )
+            .await;
         assert_eq!(s, 200, "{body}");
         user
     }
@@ -114,7 +136,11 @@ impl World {
         let names: Vec<&str> = permissions.iter().map(|p| p.as_str()).collect();
         let (s, body) = self
             .app
-            .post_as(&format!("/v1/orgs/{}/tokens", self.org), Some(&self.owner.access), json!({"name": format!("t{}", self.next()), "permissions": names}))
+            .post_as(
+                &format!("/v1/orgs/{}/tokens", self.org),
+                Some(&self.owner.access),
+                json!({"name": format!("t{}", self.next()), "permissions": names}),
+            )
             .await;
         assert_eq!(s, 201, "{body}");
         body["token"].as_str().expect("token").to_owned()
@@ -129,37 +155,88 @@ impl World {
             Ep::GetOrg => (Method::GET, o, None),
             Ep::RenameOrg => (Method::PATCH, o, Some(json!({"name": format!("Acme {n}")}))),
             Ep::ListMembers => (Method::GET, format!("{o}/members"), None),
-            Ep::ChangeRole => (Method::PATCH, format!("{o}/members/{}", self.viewer.user_id), Some(json!({"role": "viewer"}))),
+            Ep::ChangeRole => (
+                Method::PATCH,
+                format!("{o}/members/{}", self.viewer.user_id),
+                Some(json!({"role": "viewer"})),
+            ),
             Ep::RemoveMember => {
                 let victim = self.member("viewer").await;
-                (Method::DELETE, format!("{o}/members/{}", victim.user_id), None)
+                (
+                    Method::DELETE,
+                    format!("{o}/members/{}", victim.user_id),
+                    None,
+                )
             }
             Ep::ListInvitations => (Method::GET, format!("{o}/invitations"), None),
-            Ep::CreateInvitation => (Method::POST, format!("{o}/invitations"), Some(json!({"email": format!("i{n}@example.com"), "role": "viewer"}))),
+            Ep::CreateInvitation => (
+                Method::POST,
+                format!("{o}/invitations"),
+                Some(json!({"email": format!("i{n}@example.com"), "role": "viewer"})),
+            ),
             Ep::RevokeInvitation => {
                 let inv = self.invite(&format!("r{n}@example.com"), "viewer").await;
-                (Method::DELETE, format!("{o}/invitations/{}", inv["id"].as_str().expect("id")), None)
+                (
+                    Method::DELETE,
+                    format!("{o}/invitations/{}", inv["id"].as_str().expect("id")),
+                    None,
+                )
             }
             Ep::ListProjects => (Method::GET, format!("{o}/projects"), None),
-            Ep::CreateProject => (Method::POST, format!("{o}/projects"), Some(json!({"slug": format!("p{n}"), "name": "P"}))),
+            Ep::CreateProject => (
+                Method::POST,
+                format!("{o}/projects"),
+                Some(json!({"slug": format!("p{n}"), "name": "P"})),
+            ),
             Ep::GetProject => (Method::GET, p, None),
             Ep::RenameProject => (Method::PATCH, p, Some(json!({"name": format!("Web {n}")}))),
             Ep::DeleteProject => {
-                let (s, body) = self.app.post_as(&format!("/v1/orgs/{}/projects", self.org), Some(&self.owner.access), json!({"slug": format!("d{n}"), "name": "D"})).await;
+                let (s, body) = self
+                    .app
+                    .post_as(
+                        &format!("/v1/orgs/{}/projects", self.org),
+                        Some(&self.owner.access),
+                        json!({"slug": format!("d{n}"), "name": "D"}),
+                    )
+                    .await;
                 assert_eq!(s, 201, "{body}");
-                (Method::DELETE, format!("{o}/projects/{}", body["id"].as_str().expect("id")), None)
+                (
+                    Method::DELETE,
+                    format!("{o}/projects/{}", body["id"].as_str().expect("id")),
+                    None,
+                )
             }
-            Ep::CreateEnvironment => (Method::POST, format!("{p}/environments"), Some(json!({"name": format!("e{n}")}))),
-            Ep::UpdateEnvironment => (Method::PATCH, format!("{p}/environments/{}", self.environment), Some(json!({"required_approvals": 1}))),
+            Ep::CreateEnvironment => (
+                Method::POST,
+                format!("{p}/environments"),
+                Some(json!({"name": format!("e{n}")})),
+            ),
+            Ep::UpdateEnvironment => (
+                Method::PATCH,
+                format!("{p}/environments/{}", self.environment),
+                Some(json!({"required_approvals": 1})),
+            ),
             Ep::ListTokens => (Method::GET, format!("{o}/tokens"), None),
-            Ep::CreateToken => (Method::POST, format!("{o}/tokens"), Some(json!({"name": format!("c{n}"), "permissions": ["read:org"]}))),
+            Ep::CreateToken => (
+                Method::POST,
+                format!("{o}/tokens"),
+                Some(json!({"name": format!("c{n}"), "permissions": ["read:org"]})),
+            ),
             Ep::RevokeToken => {
                 let (s, body) = self
                     .app
-                    .post_as(&format!("/v1/orgs/{}/tokens", self.org), Some(&self.owner.access), json!({"name": format!("v{n}"), "permissions": ["read:org"]}))
+                    .post_as(
+                        &format!("/v1/orgs/{}/tokens", self.org),
+                        Some(&self.owner.access),
+                        json!({"name": format!("v{n}"), "permissions": ["read:org"]}),
+                    )
                     .await;
                 assert_eq!(s, 201, "{body}");
-                (Method::DELETE, format!("{o}/tokens/{}", body["id"].as_str().expect("id")), None)
+                (
+                    Method::DELETE,
+                    format!("{o}/tokens/{}", body["id"].as_str().expect("id")),
+                    None,
+                )
             }
         }
     }
@@ -178,28 +255,63 @@ async fn isolation_matrix() {
     let app = TestApp::spawn().await;
     let owner = app.signup("owner@example.com").await;
     let org = app.create_org(&owner, "acme").await;
-    let (_, project) = app.post_as(&format!("/v1/orgs/{org}/projects"), Some(&owner.access), json!({"slug": "web", "name": "Web"})).await;
+    let (_, project) = app
+        .post_as(
+            &format!("/v1/orgs/{org}/projects"),
+            Some(&owner.access),
+            json!({"slug": "web", "name": "Web"}),
+        )
+        .await;
     let project_id = project["id"].as_str().expect("id").to_owned();
-    let environment = project["environments"][0]["id"].as_str().expect("env").to_owned();
-    let world = World { app, owner: owner.clone(), org: org.clone(), project: project_id, environment, viewer: owner.clone(), n: 0.into() };
+    let environment = project["environments"][0]["id"]
+        .as_str()
+        .expect("env")
+        .to_owned();
+    let world = World {
+        app,
+        owner: owner.clone(),
+        org: org.clone(),
+        project: project_id,
+        environment,
+        viewer: owner.clone(),
+        n: 0.into(),
+    };
     let viewer = world.member("viewer").await;
     let world = World { viewer, ..world };
 
     let outsider = world.app.signup("outsider@example.com").await;
     let outsider_org = world.app.create_org(&outsider, "elsewhere").await;
     let dead_session = world.app.signup("gone@example.com").await;
-    world.app.call(Method::POST, "/v1/auth/signout", Some(&dead_session.access), None).await;
+    world
+        .app
+        .call(
+            Method::POST,
+            "/v1/auth/signout",
+            Some(&dead_session.access),
+            None,
+        )
+        .await;
     let expired_token = world.token(&[Permission::OrgRead]).await;
-    sqlx::query("UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE token_prefix = $1")
-        .bind(&expired_token[..12])
-        .execute(&world.app.superuser_pool())
-        .await
-        .expect("expire");
+    sqlx::query(
+        "UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE token_prefix = $1",
+    )
+    .bind(&expired_token[..12])
+    .execute(&world.app.superuser_pool())
+    .await
+    .expect("expire");
 
     let mut principals: Vec<(String, String, Option<Role>)> = Vec::new();
     for role in Role::ALL {
-        let session = if role == Role::Owner { world.owner.clone() } else { world.member(role.as_str()).await };
-        principals.push((format!("{role:?} session"), session.access.clone(), Some(role)));
+        let session = if role == Role::Owner {
+            world.owner.clone()
+        } else {
+            world.member(role.as_str()).await
+        };
+        principals.push((
+            format!("{role:?} session"),
+            session.access.clone(),
+            Some(role),
+        ));
         let token = world.token(&role.permissions()).await;
         principals.push((format!("{role:?} token"), token, Some(role)));
     }
@@ -207,20 +319,49 @@ async fn isolation_matrix() {
     let mut checked = 0;
     for ep in ALL {
         let (status, body) = world.call(ep, &org, None).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("ERR_UNAUTHENTICATED")), "{ep:?} anonymous");
-        assert_eq!(world.call(ep, &org, Some(&dead_session.access)).await.0, 401, "{ep:?} signed-out session");
-        assert_eq!(world.call(ep, &org, Some(&expired_token)).await.0, 401, "{ep:?} expired token");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("ERR_UNAUTHENTICATED")),
+            "{ep:?} anonymous"
+        );
+        assert_eq!(
+            world.call(ep, &org, Some(&dead_session.access)).await.0,
+            401,
+            "{ep:?} signed-out session"
+        );
+        assert_eq!(
+            world.call(ep, &org, Some(&expired_token)).await.0,
+            401,
+            "{ep:?} expired token"
+        );
 
         // Another org's member: 404, with the same body as an org that doesn't exist.
         let (status, foreign) = world.call(ep, &org, Some(&outsider.access)).await;
         let missing = uuid::Uuid::new_v4().to_string();
         let (missing_status, missing_body) = world.call(ep, &missing, Some(&outsider.access)).await;
-        assert_eq!((status, missing_status), (404, 404), "{ep:?} from another org: {foreign}");
-        assert_eq!(foreign["error"], missing_body["error"], "{ep:?}: foreign and missing must look alike");
+        assert_eq!(
+            (status, missing_status),
+            (404, 404),
+            "{ep:?} from another org: {foreign}"
+        );
+        assert_eq!(
+            foreign["error"], missing_body["error"],
+            "{ep:?}: foreign and missing must look alike"
+        );
         // The outsider's own org doesn't hold the victim's resources either.
-        if matches!(ep, Ep::GetProject | Ep::RenameProject | Ep::CreateEnvironment | Ep::UpdateEnvironment | Ep::ChangeRole) {
+        if matches!(
+            ep,
+            Ep::GetProject
+                | Ep::RenameProject
+                | Ep::CreateEnvironment
+                | Ep::UpdateEnvironment
+                | Ep::ChangeRole
+        ) {
             let (status, _) = world.call(ep, &outsider_org, Some(&outsider.access)).await;
-            assert_eq!(status, 404, "{ep:?}: an id from another org under one's own org");
+            assert_eq!(
+                status, 404,
+                "{ep:?}: an id from another org under one's own org"
+            );
         }
 
         for (who, credential, role) in &principals {
@@ -231,12 +372,62 @@ async fn isolation_matrix() {
             checked += 1;
         }
     }
-    eprintln!("isolation matrix: {checked} role calls over {} endpoints checked", ALL.len());
+    eprintln!(
+        "isolation matrix: {checked} role calls over {} endpoints checked",
+        ALL.len()
+    );
 
     // Deleting the org: only its Owner, and then it is gone for everyone.
-    let admin = &principals.iter().find(|(w, _, _)| w == "Admin session").expect("admin").1;
-    assert_eq!(world.app.call(Method::DELETE, &format!("/v1/orgs/{org}"), Some(admin), None).await.0, 403);
-    assert_eq!(world.app.call(Method::DELETE, &format!("/v1/orgs/{org}"), Some(&outsider.access), None).await.0, 404);
-    assert_eq!(world.app.call(Method::DELETE, &format!("/v1/orgs/{org}"), Some(&world.owner.access), None).await.0, 204);
-    assert_eq!(world.app.get_as(&format!("/v1/orgs/{org}"), &world.owner.access).await.0, 404);
+    let admin = &principals
+        .iter()
+        .find(|(w, _, _)| w == "Admin session")
+        .expect("admin")
+        .1;
+    assert_eq!(
+        world
+            .app
+            .call(
+                Method::DELETE,
+                &format!("/v1/orgs/{org}"),
+                Some(admin),
+                None
+            )
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        world
+            .app
+            .call(
+                Method::DELETE,
+                &format!("/v1/orgs/{org}"),
+                Some(&outsider.access),
+                None
+            )
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        world
+            .app
+            .call(
+                Method::DELETE,
+                &format!("/v1/orgs/{org}"),
+                Some(&world.owner.access),
+                None
+            )
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        world
+            .app
+            .get_as(&format!("/v1/orgs/{org}"), &world.owner.access)
+            .await
+            .0,
+        404
+    );
 }

@@ -100,6 +100,7 @@ impl FromRef<AppState> for ControlState {
         (name = "orgs", description = "Orgs, members, invitations"),
         (name = "projects", description = "Projects and their environments"),
         (name = "tokens", description = "API tokens for machines"),
+        (name = "audit", description = "The audit trail: query, export, verify, retention"),
     )
 )]
 struct ApiDoc;

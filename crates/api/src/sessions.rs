@@ -144,13 +144,14 @@ pub async fn refresh(
     if !secrets::well_formed(token, Kind::Refresh) {
         return Ok(Refreshed::Invalid);
     }
-    let row: Option<(
+    type RefreshRow = (
         Uuid,
         Uuid,
         chrono::DateTime<Utc>,
         Option<chrono::DateTime<Utc>>,
         Option<chrono::DateTime<Utc>>,
-    )> = sqlx::query_as(
+    );
+    let row: Option<RefreshRow> = sqlx::query_as(
         "SELECT r.session_id, s.user_id, r.expires_at, r.used_at, s.revoked_at \
              FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id \
              WHERE r.token_hash = $1 FOR UPDATE OF r, s",

@@ -1,6 +1,7 @@
 //! `builderos`: the one binary. `dev` runs everything on an embedded database; `serve`,
 //! `operator` and `migrate` are the production commands; the rest are tools.
 
+mod audit_cli;
 mod commands;
 
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The audit trail: verify, query, export, prune.
+    #[command(subcommand)]
+    Audit(audit_cli::AuditCommand),
     /// Write the generated reference docs (docs/errors.md, docs/permissions.md) from the code.
     Docs {
         /// The docs directory.
@@ -72,16 +76,19 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dev => commands::dev(&config).await,
-            Command::Serve => commands::serve(&config).await,
-            Command::Operator => commands::operator(&config).await,
-            Command::Migrate => commands::migrate(&config).await,
-            Command::Openapi { out, check } => commands::openapi(&out, check),
-            Command::Docs { dir, check } => commands::docs(&dir, check),
+            Command::Dev => commands::dev(&config).await.map(|()| true),
+            Command::Serve => commands::serve(&config).await.map(|()| true),
+            Command::Operator => commands::operator(&config).await.map(|()| true),
+            Command::Migrate => commands::migrate(&config).await.map(|()| true),
+            Command::Openapi { out, check } => commands::openapi(&out, check).map(|()| true),
+            Command::Docs { dir, check } => commands::docs(&dir, check).map(|()| true),
+            // `false`: the command ran and its answer is "no" (a broken chain).
+            Command::Audit(command) => audit_cli::run(&config, command).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             tracing::error!(error = %e, "command failed");
             eprintln!("builderos: {e}");

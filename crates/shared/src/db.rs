@@ -7,6 +7,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::pg::APP_GROUP_ROLE;
 
+/// The NOLOGIN role whose members may prune audit events (the schema owner is one).
+pub const MAINTENANCE_ROLE: &str = "builderos_maintenance";
+
 /// The migrations under `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
@@ -68,8 +71,9 @@ pub enum MigrateError {
     Database(#[from] sqlx::Error),
     /// The group role is missing and could not be created.
     #[error(
-        "the role `builderos_app` does not exist and could not be created ({0}); create it once as a \
-         superuser (CREATE ROLE builderos_app NOLOGIN) and grant it to the app's login role"
+        "the roles `builderos_app` / `builderos_maintenance` do not exist and could not be created ({0}); \
+         create them once as a superuser (CREATE ROLE builderos_app NOLOGIN; CREATE ROLE builderos_maintenance NOLOGIN; \
+         GRANT builderos_maintenance TO <owner>) and grant builderos_app to the app's login role"
     )]
     AppRole(String),
     /// A migration failed.

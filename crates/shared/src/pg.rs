@@ -22,6 +22,7 @@
 //! - `postgres`: bootstrap superuser, used only here;
 //! - `builderos_owner`: owns the database and its schema, runs migrations;
 //! - `builderos_app`: a NOLOGIN group that migrations grant table privileges to;
+//! - `builderos_maintenance`: a NOLOGIN group, granted to the owner, that may prune audit events;
 //! - `builderos_api`: the LOGIN role the app uses — a member of `builderos_app`, neither
 //!   superuser nor `BYPASSRLS` nor owner of anything, so row-level security applies to it.
 
@@ -331,7 +332,11 @@ impl Cluster {
                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_LOGIN_ROLE}') THEN
                  CREATE ROLE {APP_LOGIN_ROLE} LOGIN;
                END IF;
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'builderos_maintenance') THEN
+                 CREATE ROLE builderos_maintenance NOLOGIN;
+               END IF;
              END $$;
+             GRANT builderos_maintenance TO {OWNER_ROLE};
              ALTER ROLE {OWNER_ROLE} LOGIN NOSUPERUSER PASSWORD '{owner}';
              ALTER ROLE {APP_LOGIN_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '{app}';
              GRANT {APP_GROUP_ROLE} TO {APP_LOGIN_ROLE};",

@@ -9,7 +9,7 @@
 //!
 //! # Layout
 //! - [`secrets`]: the recognisable secret format and hashing.
-//! - [`password`]: argon2id.
+//! - [`password`]: argon2id hashing on the blocking pool.
 //! - [`jwt`]: access tokens.
 //! - [`throttle`]: sign-in throttling in PostgreSQL.
 
@@ -290,7 +290,13 @@ async fn authenticate(parts: &Parts, state: &AppState, token: &str) -> Result<Au
         .keys
         .verify(token)
         .ok_or_else(|| unauthenticated("invalid or expired access token"))?;
-    let row: Option<(String, Option<chrono::DateTime<chrono::Utc>>, String, Option<chrono::DateTime<chrono::Utc>>)> =
+    type SessionRow = (
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let row: Option<SessionRow> =
         sqlx::query_as(
             "SELECT u.email, u.deleted_at, s.auth_method, s.revoked_at FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id = $1 AND s.user_id = $2",

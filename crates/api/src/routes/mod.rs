@@ -1,5 +1,6 @@
 //! One module per resource; each exposes its OpenAPI-aware `router()`.
 
+mod audit;
 mod auth;
 mod invitations;
 mod orgs;
@@ -14,6 +15,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::router())
         .merge(orgs::router())
+        .merge(audit::router())
 }
 
 use builderos_shared::error::ErrorCode;

@@ -6,6 +6,11 @@
 //! produce one gapless sequence, and `hash = SHA-256(canonical JSON of the event including
 //! prev_hash)`.
 
+pub mod query;
+pub mod retention;
+pub mod store;
+pub mod verify;
+
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -212,6 +217,111 @@ impl ChainedFields<'_> {
     }
 }
 
+/// An event as stored and exported: every chained field plus its hash. JSON Lines exports
+/// are exactly this, one per line, so they can be verified offline.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StoredEvent {
+    /// Event id.
+    pub id: Uuid,
+    /// Org (None for platform events).
+    pub org_id: Option<Uuid>,
+    /// Gapless position in the org's chain.
+    pub seq: i64,
+    /// RFC 3339, microseconds, UTC.
+    pub occurred_at: String,
+    /// `user`, `token`, `system` or `anonymous`.
+    pub actor_type: String,
+    /// Actor id.
+    pub actor_id: Option<String>,
+    /// Actor display name (a user's email, a token's name).
+    pub actor_name: Option<String>,
+    /// How the actor authenticated.
+    pub auth_method: Option<String>,
+    /// Dotted action name (see docs/audit.md).
+    pub action: String,
+    /// Target type.
+    pub target_type: Option<String>,
+    /// Target id.
+    pub target_id: Option<String>,
+    /// `success`, `denied` or `failure`.
+    pub outcome: String,
+    /// Request id.
+    pub request_id: Option<String>,
+    /// Client address.
+    pub client_addr: Option<String>,
+    /// User agent.
+    pub user_agent: Option<String>,
+    /// Bounded, redacted detail.
+    pub detail: Value,
+    /// The previous event's hash.
+    pub prev_hash: String,
+    /// SHA-256 of the canonical JSON of every field above.
+    pub hash: String,
+}
+
+impl StoredEvent {
+    /// The fields the hash covers.
+    #[must_use]
+    pub fn chained(&self) -> ChainedFields<'_> {
+        ChainedFields {
+            id: self.id,
+            org_id: self.org_id,
+            seq: self.seq,
+            occurred_at: self.occurred_at.clone(),
+            actor_type: &self.actor_type,
+            actor_id: self.actor_id.as_deref(),
+            actor_name: self.actor_name.as_deref(),
+            auth_method: self.auth_method.as_deref(),
+            action: &self.action,
+            target_type: self.target_type.as_deref(),
+            target_id: self.target_id.as_deref(),
+            outcome: &self.outcome,
+            request_id: self.request_id.as_deref(),
+            client_addr: self.client_addr.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            detail: &self.detail,
+            prev_hash: &self.prev_hash,
+        }
+    }
+
+    /// Whether `hash` is the hash of the other fields.
+    #[must_use]
+    pub fn hash_is_valid(&self) -> bool {
+        self.chained().hash() == self.hash
+    }
+}
+
+/// The columns of [`StoredEvent`], in order, for `SELECT`s.
+pub const EVENT_COLUMNS: &str = "id, org_id, seq, occurred_at, actor_type, actor_id, actor_name, auth_method, action, \
+     target_type, target_id, outcome, request_id, client_addr, user_agent, detail, prev_hash, hash";
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for StoredEvent {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row as _;
+        let at: DateTime<Utc> = row.try_get("occurred_at")?;
+        Ok(Self {
+            id: row.try_get("id")?,
+            org_id: row.try_get("org_id")?,
+            seq: row.try_get("seq")?,
+            occurred_at: timestamp(at),
+            actor_type: row.try_get("actor_type")?,
+            actor_id: row.try_get("actor_id")?,
+            actor_name: row.try_get("actor_name")?,
+            auth_method: row.try_get("auth_method")?,
+            action: row.try_get("action")?,
+            target_type: row.try_get("target_type")?,
+            target_id: row.try_get("target_id")?,
+            outcome: row.try_get("outcome")?,
+            request_id: row.try_get("request_id")?,
+            client_addr: row.try_get("client_addr")?,
+            user_agent: row.try_get("user_agent")?,
+            detail: row.try_get("detail")?,
+            prev_hash: row.try_get("prev_hash")?,
+            hash: row.try_get("hash")?,
+        })
+    }
+}
+
 /// The canonical timestamp form used in the hash.
 #[must_use]
 pub fn timestamp(at: DateTime<Utc>) -> String {
@@ -239,6 +349,8 @@ pub fn sanitize(detail: Value) -> Value {
                     .collect(),
             ),
             Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
+            // PostgreSQL's jsonb can't hold NUL characters; an event must never fail to store.
+            Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{fffd}")),
             other => other,
         }
     }

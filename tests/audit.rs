@@ -1,0 +1,785 @@
+//! The audit trail: one event per change, queries and pagination, streaming exports that
+//! verify offline, tamper detection, concurrent writers, retention with anchors.
+
+use std::process::Command;
+
+use builderos_test_support::{Session, TestApp};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_builderos");
+
+async fn events(
+    app: &TestApp,
+    org: &str,
+) -> Vec<(i64, String, Option<String>, Option<String>, String)> {
+    sqlx::query_as("SELECT seq, action, target_type, target_id, outcome FROM audit_events WHERE org_id = $1::uuid ORDER BY seq")
+        .bind(org)
+        .fetch_all(&app.superuser_pool())
+        .await
+        .expect("events")
+}
+
+async fn member(app: &TestApp, owner: &Session, org: &str, email: &str, role: &str) -> Session {
+    app.post_as(
+        &format!("/v1/orgs/{org}/invitations"),
+        Some(&owner.access),
+        json!({"email": email, "role": role}),
+    )
+    .await;
+    let body: String = sqlx::query_scalar("SELECT body FROM mail_outbox WHERE to_address = $1")
+        .bind(email)
+        .fetch_one(&app.superuser_pool())
+        .await
+        .expect("mail");
+    let token = body
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .find(|w| w.starts_with("bosi_"))
+        .expect("token")
+        .to_owned();
+    let user = app.signup(email).await;
+    let (s, b) = app
+        .post_as(
+            "/v1/invitations/accept",
+            Some(&user.access),
+            json!({"token": token}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    user
+}
+
+/// Every mutating endpoint writes exactly one event with the expected action and target, in
+/// the org's chain; denied attempts are recorded as `denied`.
+#[tokio::test]
+async fn every_change_writes_exactly_one_event() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let org = app.create_org(&alice, "acme").await;
+    assert_eq!(
+        events(&app, &org)
+            .await
+            .last()
+            .map(|e| e.1.clone())
+            .as_deref(),
+        Some("org.create")
+    );
+    let viewer = member(&app, &alice, &org, "vic@example.com", "viewer").await;
+    let o = format!("/v1/orgs/{org}");
+
+    let (_, p) = app
+        .post_as(
+            &format!("{o}/projects"),
+            Some(&alice.access),
+            json!({"slug": "web", "name": "Web"}),
+        )
+        .await;
+    let pid = p["id"].as_str().expect("id").to_owned();
+    let eid = p["environments"][0]["id"].as_str().expect("env").to_owned();
+    let (_, tok) = app
+        .post_as(
+            &format!("{o}/tokens"),
+            Some(&alice.access),
+            json!({"name": "t", "permissions": ["read:org"]}),
+        )
+        .await;
+    let tid = tok["id"].as_str().expect("id").to_owned();
+    let (_, inv) = app
+        .post_as(
+            &format!("{o}/invitations"),
+            Some(&alice.access),
+            json!({"email": "x@example.com", "role": "viewer"}),
+        )
+        .await;
+    let iid = inv["id"].as_str().expect("id").to_owned();
+
+    // (method, path, body, expected action, expected target type, expected target id)
+    type Step<'a> = (Method, String, Option<Value>, &'a str, &'a str, String);
+    let steps: Vec<Step<'_>> = vec![
+        (
+            Method::PATCH,
+            o.clone(),
+            Some(json!({"name": "Acme Inc"})),
+            "org.rename",
+            "org",
+            org.clone(),
+        ),
+        (
+            Method::POST,
+            format!("{o}/projects"),
+            Some(json!({"slug": "api", "name": "API"})),
+            "project.create",
+            "project",
+            String::new(),
+        ),
+        (
+            Method::PATCH,
+            format!("{o}/projects/{pid}"),
+            Some(json!({"name": "Website"})),
+            "project.rename",
+            "project",
+            pid.clone(),
+        ),
+        (
+            Method::POST,
+            format!("{o}/projects/{pid}/environments"),
+            Some(json!({"name": "qa"})),
+            "environment.create",
+            "environment",
+            String::new(),
+        ),
+        (
+            Method::PATCH,
+            format!("{o}/projects/{pid}/environments/{eid}"),
+            Some(json!({"protected": true})),
+            "environment.update",
+            "environment",
+            eid.clone(),
+        ),
+        (
+            Method::POST,
+            format!("{o}/tokens"),
+            Some(json!({"name": "u", "permissions": ["read:org"]})),
+            "token.create",
+            "api_token",
+            String::new(),
+        ),
+        (
+            Method::DELETE,
+            format!("{o}/tokens/{tid}"),
+            None,
+            "token.revoke",
+            "api_token",
+            tid.clone(),
+        ),
+        (
+            Method::POST,
+            format!("{o}/invitations"),
+            Some(json!({"email": "y@example.com", "role": "builder"})),
+            "invitation.create",
+            "invitation",
+            String::new(),
+        ),
+        (
+            Method::DELETE,
+            format!("{o}/invitations/{iid}"),
+            None,
+            "invitation.revoke",
+            "invitation",
+            iid.clone(),
+        ),
+        (
+            Method::PATCH,
+            format!("{o}/members/{}", viewer.user_id),
+            Some(json!({"role": "builder"})),
+            "member.role_change",
+            "user",
+            viewer.user_id.clone(),
+        ),
+        (
+            Method::PUT,
+            format!("{o}/audit/settings"),
+            Some(json!({"retention_days": 365})),
+            "audit.retention_change",
+            "org",
+            org.clone(),
+        ),
+        (
+            Method::DELETE,
+            format!("{o}/members/{}", viewer.user_id),
+            None,
+            "member.remove",
+            "user",
+            viewer.user_id.clone(),
+        ),
+        (
+            Method::DELETE,
+            format!("{o}/projects/{pid}"),
+            None,
+            "project.delete",
+            "project",
+            pid.clone(),
+        ),
+    ];
+    for (method, path, body, action, target_type, target_id) in steps {
+        let before = events(&app, &org).await.len();
+        let (status, res) = app
+            .call(method.clone(), &path, Some(&alice.access), body)
+            .await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {res}"
+        );
+        let after = events(&app, &org).await;
+        assert_eq!(
+            after.len(),
+            before + 1,
+            "{method} {path} must write exactly one event"
+        );
+        let (_, a, t, id, outcome) = after.last().expect("event").clone();
+        assert_eq!(
+            (a.as_str(), t.as_deref(), outcome.as_str()),
+            (action, Some(target_type), "success"),
+            "{method} {path}"
+        );
+        if !target_id.is_empty() {
+            assert_eq!(id.as_deref(), Some(target_id.as_str()), "{method} {path}");
+        }
+    }
+
+    // A denied attempt is one `denied` event; nothing else changes.
+    let bob = member(&app, &alice, &org, "bob@example.com", "builder").await;
+    let before = events(&app, &org).await.len();
+    let (status, _) = app
+        .post_as(
+            &format!("{o}/tokens"),
+            Some(&bob.access),
+            json!({"name": "z", "permissions": ["read:org"]}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let after = events(&app, &org).await;
+    assert_eq!(after.len(), before + 1);
+    assert_eq!(
+        (
+            after.last().expect("e").1.as_str(),
+            after.last().expect("e").4.as_str()
+        ),
+        ("access.denied", "denied")
+    );
+
+    // Platform events (sign-up, sign-in) form their own chain.
+    let platform: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_events WHERE org_id IS NULL ORDER BY seq")
+            .fetch_all(&app.superuser_pool())
+            .await
+            .expect("platform");
+    assert!(platform.iter().all(|a| a == "user.signup"), "{platform:?}");
+    let seqs: Vec<i64> = events(&app, &org).await.iter().map(|e| e.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=i64::try_from(seqs.len()).expect("len")).collect::<Vec<_>>(),
+        "gapless per-org seq"
+    );
+}
+
+struct Trail {
+    app: TestApp,
+    admin: Session,
+    viewer: Session,
+    org: String,
+}
+
+async fn trail() -> Trail {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let org = app.create_org(&alice, "acme").await;
+    for i in 0..5 {
+        app.post_as(
+            &format!("/v1/orgs/{org}/projects"),
+            Some(&alice.access),
+            json!({"slug": format!("p{i}"), "name": format!("P{i}")}),
+        )
+        .await;
+    }
+    let viewer = member(&app, &alice, &org, "vic@example.com", "viewer").await;
+    // Two denied attempts by the viewer.
+    for i in 0..2 {
+        let (s, _) = app
+            .post_as(
+                &format!("/v1/orgs/{org}/projects"),
+                Some(&viewer.access),
+                json!({"slug": format!("v{i}"), "name": "V"}),
+            )
+            .await;
+        assert_eq!(s, 403);
+    }
+    Trail {
+        app,
+        admin: alice,
+        viewer,
+        org,
+    }
+}
+
+/// Admins query with the compact string and structured filters, newest first, paging with an
+/// opaque cursor; Viewers get 403, other orgs 404, bad terms 400 naming the term.
+#[tokio::test]
+async fn query_filters_and_pagination() {
+    let Trail {
+        app,
+        admin,
+        viewer,
+        org,
+    } = trail().await;
+    let base = format!("/v1/orgs/{org}/audit/events");
+    let get = |q: &str| {
+        let url = format!("{base}?{q}");
+        let token = admin.access.clone();
+        let app = &app;
+        async move { app.get_as(&url, &token).await }
+    };
+
+    let (s, page) = get("q=action:project.*").await;
+    assert_eq!(s, 200, "{page}");
+    let actions: Vec<&str> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(actions, vec!["project.create"; 5]);
+    let seqs: Vec<i64> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap_or(0))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+
+    let q = "actor:vic@example.com%20outcome:denied%20created:%3E=2020-01-01";
+    let (s, page) = get(&format!("q={q}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(page["events"].as_array().expect("events").len(), 2);
+    assert!(
+        page["events"]
+            .as_array()
+            .expect("e")
+            .iter()
+            .all(|e| e["action"] == "access.denied" && e["actor_name"] == "vic@example.com")
+    );
+
+    let (_, page) = get("outcome=denied&action=access.denied").await;
+    assert_eq!(page["events"].as_array().expect("events").len(), 2);
+    let (_, page) = get("q=created:%3C2020-01-01").await;
+    assert_eq!(page["events"], json!([]));
+    let (_, page) = get(&format!("q=target:org/{org}")).await;
+    assert!(
+        page["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .all(|e| e["target_type"] == "org")
+    );
+
+    // Paging through everything, two at a time, sees every event exactly once.
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE org_id = $1::uuid")
+            .bind(&org)
+            .fetch_one(&app.superuser_pool())
+            .await
+            .expect("count");
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("limit=2&cursor={c}"),
+            None => "limit=2".to_owned(),
+        };
+        let (s, page) = get(&q).await;
+        assert_eq!(s, 200, "{page}");
+        seen.extend(
+            page["events"]
+                .as_array()
+                .expect("events")
+                .iter()
+                .map(|e| e["seq"].as_i64().unwrap_or(0)),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(i64::try_from(seen.len()).expect("len"), total);
+    assert_eq!(seen, (1..=total).rev().collect::<Vec<_>>());
+
+    // Errors.
+    let (s, body) = get("q=action:x%20colour:blue").await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("ERR_INPUTS"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("term 2"),
+        "{body}"
+    );
+    assert_eq!(get("limit=1001").await.0, 400);
+    assert_eq!(get("limit=0").await.0, 400);
+    assert_eq!(get("cursor=garbage").await.0, 400);
+    assert_eq!(app.get_as(&base, &viewer.access).await.0, 403);
+    let outsider = app.signup("out@example.com").await;
+    assert_eq!(app.get_as(&base, &outsider.access).await.0, 404);
+    assert_eq!(
+        app.get_as(&format!("/v1/orgs/{org}/audit/verify"), &viewer.access)
+            .await
+            .0,
+        403
+    );
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("BR_OS_DB_URL")
+        .env("BR_OS_LOG", "warn")
+        .env("BR_OS_LOG_FORMAT", "json");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run builderos");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Exports stream as JSON Lines and CSV with the chain fields; a JSONL export verifies offline
+/// with the CLI, and a tampered one doesn't. The CLI queries through the API too (the server
+/// runs on this test's runtime, so the blocking CLI call needs a second worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_offline_verification() {
+    let Trail {
+        app,
+        admin,
+        viewer,
+        org,
+    } = trail().await;
+    let res = app
+        .client
+        .get(app.url(&format!("/v1/orgs/{org}/audit/export")))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+    let jsonl = res.text().await.expect("body");
+    let lines: Vec<Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert!(lines.len() >= 10);
+    assert!(
+        lines.iter().all(
+            |l| l["hash"].as_str().is_some_and(|h| h.len() == 64) && l["prev_hash"].is_string()
+        )
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("export.jsonl");
+    std::fs::write(&file, &jsonl).expect("write");
+    let (ok, out, err) = run(
+        &[
+            "audit",
+            "verify",
+            "--file",
+            file.to_str().expect("path"),
+            "--complete",
+        ],
+        &[],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("chain intact"), "{out}");
+
+    // Tampering with one exported event is caught offline.
+    let tampered = jsonl.replacen("\"outcome\":\"denied\"", "\"outcome\":\"success\"", 1);
+    std::fs::write(&file, tampered).expect("write");
+    let (ok, out, _) = run(
+        &[
+            "audit",
+            "verify",
+            "--file",
+            file.to_str().expect("path"),
+            "--json",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    let report: Value = serde_json::from_str(out.trim()).expect("json report");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["problems"][0]["kind"], "hash_mismatch");
+
+    // A filtered export verifies with gaps tolerated.
+    let res = app
+        .client
+        .get(app.url(&format!("/v1/orgs/{org}/audit/export?q=action:project.*")))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .expect("send");
+    std::fs::write(&file, res.text().await.expect("body")).expect("write");
+    let (ok, out, err) = run(
+        &["audit", "verify", "--file", file.to_str().expect("path")],
+        &[],
+    );
+    assert!(ok, "{out}{err}");
+
+    // CSV.
+    let res = app
+        .client
+        .get(app.url(&format!("/v1/orgs/{org}/audit/export?format=csv")))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 200);
+    let csv = res.text().await.expect("body");
+    assert!(csv.starts_with("id,org_id,seq,occurred_at,"));
+    // Header, every event of the first export, and the two exports made since (each export is audited).
+    assert_eq!(csv.lines().count(), 1 + lines.len() + 2);
+    let (s, _) = app
+        .get_as(
+            &format!("/v1/orgs/{org}/audit/export?format=xml"),
+            &admin.access,
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        app.get_as(&format!("/v1/orgs/{org}/audit/export"), &viewer.access)
+            .await
+            .0,
+        403
+    );
+
+    // The CLI runs the same query through the API.
+    let api = format!("http://{}", app.addr);
+    let (ok, out, err) = run(
+        &[
+            "audit",
+            "query",
+            "--org",
+            &org,
+            "--json",
+            "--all",
+            "outcome:denied",
+            "actor:vic@example.com",
+        ],
+        &[("BR_OS_API_URL", &api), ("BR_OS_API_TOKEN", &admin.access)],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().count(),
+        3,
+        "two project writes and one export, all denied: {out}"
+    );
+    let (ok, _, err) = run(
+        &["audit", "query", "--org", &org, "colour:blue"],
+        &[("BR_OS_API_URL", &api), ("BR_OS_API_TOKEN", &admin.access)],
+    );
+    assert!(!ok && err.contains("ERR_INPUTS"), "{err}");
+}
+
+/// Altering one event and deleting another (as the schema owner, which the app can't) is
+/// detected by the API and the CLI, naming both seqs.
+#[tokio::test]
+async fn tampering_is_detected() {
+    let Trail {
+        app, admin, org, ..
+    } = trail().await;
+    let verify = format!("/v1/orgs/{org}/audit/verify");
+    let (s, report) = app.get_as(&verify, &admin.access).await;
+    assert_eq!(s, 200);
+    assert_eq!(report["ok"], true, "{report}");
+
+    let owner = sqlx::PgPool::connect(&app.db.owner_url)
+        .await
+        .expect("owner");
+    sqlx::query("UPDATE audit_events SET detail = '{\"slug\":\"evil\"}' WHERE org_id = $1::uuid AND seq = 3").bind(&org).execute(&owner).await.expect("alter");
+    sqlx::query("DELETE FROM audit_events WHERE org_id = $1::uuid AND seq = 5")
+        .bind(&org)
+        .execute(&owner)
+        .await
+        .expect("delete");
+
+    let (s, report) = app.get_as(&verify, &admin.access).await;
+    assert_eq!(s, 200);
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["first_broken_seq"], 3);
+    let problems = report["problems"].as_array().expect("problems");
+    assert!(
+        problems.contains(&json!({"seq": 3, "kind": "hash_mismatch"})),
+        "{report}"
+    );
+    assert!(
+        problems.contains(&json!({"seq": 5, "kind": "missing"})),
+        "{report}"
+    );
+
+    let (ok, out, err) = run(
+        &["audit", "verify", "--org", &org],
+        &[("BR_OS_DB_URL", &app.db.app_url)],
+    );
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.contains("BROKEN at seq 3") && out.contains("seq 5: Missing"),
+        "{out}"
+    );
+}
+
+/// Concurrent writers in one org still produce one gapless, valid chain.
+#[tokio::test]
+async fn concurrent_writers_keep_one_chain() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let org = app.create_org(&alice, "acme").await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url(&format!("/v1/orgs/{org}/projects")),
+            alice.access.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"slug": format!("p{i}"), "name": "P"}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task").expect("send"), 201);
+    }
+    let (_, report) = app
+        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
+        .await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["checked"], 25);
+}
+
+/// Retention prunes a prefix of the chain, records an anchor so the rest still verifies, and
+/// the pruning itself is an audited event. Only Owners change retention.
+#[tokio::test]
+async fn retention_prunes_with_an_anchor() {
+    let Trail {
+        app,
+        admin,
+        viewer,
+        org,
+    } = trail().await;
+    let settings = format!("/v1/orgs/{org}/audit/settings");
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            &settings,
+            Some(&viewer.access),
+            Some(json!({"retention_days": 1})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            &settings,
+            Some(&admin.access),
+            Some(json!({"retention_days": 0})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, body) = app
+        .call(
+            Method::PUT,
+            &settings,
+            Some(&admin.access),
+            Some(json!({"retention_days": 30})),
+        )
+        .await;
+    assert_eq!((s, body["retention_days"].as_i64()), (200, Some(30)));
+
+    // The first four events happened long ago.
+    let superuser = app.superuser_pool();
+    sqlx::query("UPDATE audit_events SET occurred_at = now() - interval '90 days' WHERE org_id = $1::uuid AND seq <= 4").bind(&org).execute(&superuser).await.expect("age");
+    let before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE org_id = $1::uuid")
+            .bind(&org)
+            .fetch_one(&superuser)
+            .await
+            .expect("count");
+
+    let (ok, out, err) = run(
+        &["audit", "prune", "--json"],
+        &[("BR_OS_MIGRATE_DB_URL", &app.db.owner_url)],
+    );
+    assert!(ok, "{out}{err}");
+    let pruned: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(pruned[0]["pruned"], 4, "{pruned}");
+    assert_eq!(pruned[0]["anchor_seq"], 4);
+
+    let after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE org_id = $1::uuid")
+            .bind(&org)
+            .fetch_one(&superuser)
+            .await
+            .expect("count");
+    assert_eq!(after, before - 4 + 1, "four pruned, one audit.prune added");
+    let (_, report) = app
+        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &admin.access)
+        .await;
+    assert_eq!(
+        report["ok"], true,
+        "the rest verifies from the anchor: {report}"
+    );
+    let (_, page) = app
+        .get_as(
+            &format!("/v1/orgs/{org}/audit/events?q=action:audit.prune"),
+            &admin.access,
+        )
+        .await;
+    assert_eq!(page["events"][0]["actor_type"], "system");
+    assert_eq!(page["events"][0]["detail"]["pruned"], 4);
+
+    // The app's own role can never delete events.
+    let err = sqlx::query("DELETE FROM audit_events")
+        .execute(&app.pool)
+        .await
+        .expect_err("app can't delete");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}
+
+/// Every action the code records is in docs/audit.md's catalogue.
+#[test]
+fn every_action_is_catalogued() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/audit.md"))
+        .expect("docs/audit.md");
+    let mut missing = Vec::new();
+    let mut stack = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../api/src"
+    ))];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            for chunk in text.split("Event::success(").skip(1) {
+                let Some(action) = chunk
+                    .trim_start()
+                    .strip_prefix('"')
+                    .and_then(|s| s.split('"').next())
+                else {
+                    continue;
+                };
+                if !doc.contains(&format!("`{action}`")) && !doc.contains(&format!("/ `{action}`"))
+                {
+                    missing.push(format!("{action} ({})", path.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "actions missing from docs/audit.md: {missing:?}"
+    );
+}
