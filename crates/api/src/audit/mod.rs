@@ -6,6 +6,7 @@
 //! produce one gapless sequence, and `hash = SHA-256(canonical JSON of the event including
 //! prev_hash)`.
 
+pub mod export;
 pub mod query;
 pub mod retention;
 pub mod store;

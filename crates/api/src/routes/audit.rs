@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use super::path_id;
 use crate::AppState;
+use crate::audit::export;
 use crate::audit::query::{self, Filter, MAX_LIMIT, Params};
 use crate::audit::store;
 use crate::audit::verify::Report;
@@ -79,57 +80,6 @@ async fn query_events(
     }))
 }
 
-const CSV_HEADER: &str = "id,org_id,seq,occurred_at,actor_type,actor_id,actor_name,auth_method,action,target_type,target_id,outcome,request_id,client_addr,user_agent,detail,prev_hash,hash\n";
-
-fn csv_field(out: &mut String, value: Option<&str>) {
-    let v = value.unwrap_or("");
-    if v.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&v.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(v);
-    }
-}
-
-/// One event as a CSV record (RFC 4180 quoting; `detail` as JSON).
-#[must_use]
-pub fn csv_record(e: &StoredEvent) -> String {
-    let mut out = String::with_capacity(512);
-    let id = e.id.to_string();
-    let org = e.org_id.map(|o| o.to_string());
-    let seq = e.seq.to_string();
-    let detail = e.detail.to_string();
-    let fields: [Option<&str>; 18] = [
-        Some(&id),
-        org.as_deref(),
-        Some(&seq),
-        Some(&e.occurred_at),
-        Some(&e.actor_type),
-        e.actor_id.as_deref(),
-        e.actor_name.as_deref(),
-        e.auth_method.as_deref(),
-        Some(&e.action),
-        e.target_type.as_deref(),
-        e.target_id.as_deref(),
-        Some(&e.outcome),
-        e.request_id.as_deref(),
-        e.client_addr.as_deref(),
-        e.user_agent.as_deref(),
-        Some(&detail),
-        Some(&e.prev_hash),
-        Some(&e.hash),
-    ];
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        csv_field(&mut out, *f);
-    }
-    out.push('\n');
-    out
-}
-
 /// Export every event matching the filters as JSON Lines (default) or CSV, streamed page by
 /// page (never buffered whole), carrying the chain fields so an export verifies offline
 /// (`builderos audit verify --file`).
@@ -169,7 +119,7 @@ async fn export_events(
     tx.commit().await?;
 
     let pool = state.pool.clone();
-    let header = if csv { Some(CSV_HEADER) } else { None };
+    let header = if csv { Some(export::CSV_HEADER) } else { None };
     let stream =
         futures_util::stream::unfold((Some(None::<i64>), header), move |(cursor, header)| {
             let pool = pool.clone();
@@ -190,15 +140,7 @@ async fn export_events(
                         } else {
                             events.last().map(|e| Some(e.seq))
                         };
-                        let mut chunk = String::with_capacity(events.len() * 600);
-                        for e in &events {
-                            if csv {
-                                chunk.push_str(&csv_record(e));
-                            } else {
-                                chunk.push_str(&serde_json::to_string(e).unwrap_or_default());
-                                chunk.push('\n');
-                            }
-                        }
+                        let chunk = export::render(&events, csv);
                         Some((Ok(bytes::Bytes::from(chunk)), (next, None)))
                     }
                     Err(e) => {

@@ -1,0 +1,312 @@
+//! Audit trail benchmark (a bench binary printing figures):
+//!
+//! - 1,000,000 events in one org plus 1,000,000 spread over 100 other orgs (real hash chains);
+//! - p50/p95 of five typical filtered queries through the same store code and row-level
+//!   security as the API (by actor, by action prefix, by target, by time window, combined);
+//! - export throughput (pages fetched and rendered as JSON Lines) in events/s;
+//! - verify throughput (the whole 1M chain recomputed) in events/s;
+//! - the overhead of the audit write on a mutating request: requests/s of the same update with
+//!   and without `audit::record`, 16 connections, in the big org.
+//!
+//! Run: `cargo bench -p builderos --bench audit` (`BENCH_EVENTS` changes the size of the big
+//! org; the other orgs get as many events in total).
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use builderos_api::audit::query::{ActionMatch, Filter};
+use builderos_api::audit::{self, AuditContext, ChainedFields, Event, GENESIS_HASH, store};
+use builderos_shared::db::{self, Scope};
+use builderos_test_support::{TestApp, TestDb};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const ACTIONS: [&str; 12] = [
+    "deploy.request",
+    "deploy.approve",
+    "deploy.deny",
+    "run.start",
+    "run.cancel",
+    "project.create",
+    "project.rename",
+    "prompt.publish",
+    "prompt.label_move",
+    "token.create",
+    "member.role_change",
+    "pipeline.update",
+];
+
+#[derive(Default)]
+struct Columns(
+    Vec<Uuid>,
+    Vec<i64>,
+    Vec<DateTime<Utc>>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<serde_json::Value>,
+    Vec<String>,
+    Vec<String>,
+);
+
+struct Chain {
+    org: Uuid,
+    seq: i64,
+    prev: String,
+}
+
+/// Inserts `n` chained events for `chain.org`, spread over the year before `end`.
+async fn insert(pool: &PgPool, chain: &mut Chain, n: i64, end: DateTime<Utc>, actors: i64) {
+    const BATCH: i64 = 20_000;
+    let start = end - chrono::Duration::days(365);
+    let step = (end - start).num_microseconds().unwrap_or(1) / n.max(1);
+    let mut done = 0;
+    while done < n {
+        let count = BATCH.min(n - done);
+        let mut cols = Columns::default();
+        for _ in 0..count {
+            chain.seq += 1;
+            let i = chain.seq;
+            let at = start + chrono::Duration::microseconds(step * i);
+            let actor = format!("user{}@example.com", i % actors);
+            let action = ACTIONS[usize::try_from(i % 12).unwrap_or(0)];
+            let target = format!("run-{}", i % 100_000);
+            let outcome = if i % 50 == 0 { "denied" } else { "success" };
+            let detail = serde_json::json!({"n": i});
+            let id = Uuid::now_v7();
+            let actor_id = format!("{:032x}", i % actors);
+            let fields = ChainedFields {
+                id,
+                org_id: Some(chain.org),
+                seq: i,
+                occurred_at: audit::timestamp(at),
+                actor_type: "user",
+                actor_id: Some(&actor_id),
+                actor_name: Some(&actor),
+                auth_method: Some("password"),
+                action,
+                target_type: Some("run"),
+                target_id: Some(&target),
+                outcome,
+                request_id: None,
+                client_addr: Some("10.0.0.1"),
+                user_agent: None,
+                detail: &detail,
+                prev_hash: &chain.prev,
+            };
+            let hash = fields.hash();
+            cols.0.push(id);
+            cols.1.push(i);
+            cols.2.push(at);
+            cols.3.push(actor_id.clone());
+            cols.4.push(actor);
+            cols.5.push(action.to_owned());
+            cols.6.push(target);
+            cols.7.push(outcome.to_owned());
+            cols.8.push(chain.prev.clone());
+            cols.9.push(hash.clone());
+            cols.10.push(detail);
+            cols.11.push("password".to_owned());
+            cols.12.push("10.0.0.1".to_owned());
+            chain.prev = hash;
+        }
+        sqlx::query(
+            "INSERT INTO audit_events (id, org_id, seq, occurred_at, actor_type, actor_id, actor_name, auth_method, action, \
+             target_type, target_id, outcome, client_addr, detail, prev_hash, hash) \
+             SELECT id, $1, seq, at, 'user', actor_id, actor, auth, action, 'run', target, outcome, addr, detail, prev, hash \
+             FROM UNNEST($2::uuid[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+                         $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[]) \
+               AS t(id, seq, at, actor_id, actor, action, target, outcome, prev, hash, detail, auth, addr)",
+        )
+        .bind(chain.org)
+        .bind(&cols.0).bind(&cols.1).bind(&cols.2).bind(&cols.3).bind(&cols.4).bind(&cols.5).bind(&cols.6)
+        .bind(&cols.7).bind(&cols.8).bind(&cols.9).bind(&cols.10).bind(&cols.11).bind(&cols.12)
+        .execute(pool)
+        .await
+        .expect("insert batch");
+        done += count;
+    }
+    sqlx::query("INSERT INTO audit_heads (chain_id, seq, hash) VALUES ($1, $2, $3) ON CONFLICT (chain_id) DO UPDATE SET seq = $2, hash = $3")
+        .bind(chain.org)
+        .bind(chain.seq)
+        .bind(&chain.prev)
+        .execute(pool)
+        .await
+        .expect("head");
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+async fn update(
+    pool: &PgPool,
+    org: Uuid,
+    project: Uuid,
+    with_audit: bool,
+) -> Result<(), sqlx::Error> {
+    let mut tx = db::begin(pool, &Scope::org(org)).await?;
+    sqlx::query("UPDATE projects SET name = name || '' WHERE id = $1")
+        .bind(project)
+        .execute(&mut *tx)
+        .await?;
+    if with_audit {
+        audit::record(
+            &mut tx,
+            Some(org),
+            &AuditContext::system(),
+            Event::success("project.rename", "project", project),
+        )
+        .await?;
+    }
+    tx.commit().await
+}
+
+async fn requests_per_second(
+    app: &TestApp,
+    path: &str,
+    projects: &[Uuid],
+    duration: Duration,
+) -> f64 {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for project in projects {
+        let (client, url) = (app.client.clone(), app.url(&format!("{path}/{project}")));
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let ok = client
+                    .post(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                assert!(ok, "update failed");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let big: i64 = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let db = TestDb::new().await;
+        let superuser = PgPool::connect(&db.superuser_url).await.expect("superuser");
+        let app_pool = db.app_pool();
+        let end = Utc::now();
+
+        let t = Instant::now();
+        let org = Uuid::now_v7();
+        let mut chain = Chain { org, seq: 0, prev: GENESIS_HASH.to_owned() };
+        insert(&superuser, &mut chain, big, end, 1000).await;
+        for _ in 0..100 {
+            let mut other = Chain { org: Uuid::now_v7(), seq: 0, prev: GENESIS_HASH.to_owned() };
+            insert(&superuser, &mut other, big / 100, end, 50).await;
+        }
+        sqlx::query("ANALYZE audit_events").execute(&superuser).await.expect("analyze");
+        println!("audit benchmark: {big} events in one org + {big} over 100 orgs (generated and hashed in {:.0} s)", t.elapsed().as_secs_f64());
+
+        // Five typical filtered queries, first page of 100, newest first.
+        let queries: Vec<(&str, Box<dyn Fn(i64) -> Filter>)> = vec![
+            ("by actor", Box::new(|i| Filter { actor: Some(format!("user{}@example.com", i % 1000)), ..Filter::default() })),
+            ("by action prefix", Box::new(|i| Filter { action: Some(ActionMatch::Prefix(if i % 2 == 0 { "deploy.".into() } else { "prompt.".into() })), ..Filter::default() })),
+            ("by target", Box::new(|i| Filter { target_type: Some("run".into()), target_id: Some(format!("run-{}", (i * 7919) % 100_000)), ..Filter::default() })),
+            ("by time window (1 day)", Box::new(move |i| {
+                let from = end - chrono::Duration::days(1 + i % 300);
+                Filter { from: Some(from), to: Some(from + chrono::Duration::days(1)), ..Filter::default() }
+            })),
+            ("combined", Box::new(move |i| {
+                let from = end - chrono::Duration::days(30 + i % 200);
+                Filter {
+                    actor: Some(format!("user{}@example.com", (i * 50) % 1000)),
+                    action: Some(ActionMatch::Prefix("deploy.".into())),
+                    outcome: Some("denied".into()),
+                    from: Some(from),
+                    to: Some(from + chrono::Duration::days(90)),
+                    ..Filter::default()
+                }
+            })),
+        ];
+        println!("  filtered queries (page of 100, through RLS; 40 runs each)    p50 ms    p95 ms   (target p95 <= 50 ms)");
+        for (name, make) in &queries {
+            let mut samples = Vec::new();
+            for i in 0..40 {
+                let filter = make(i);
+                let t = Instant::now();
+                let page = store::page_desc(&app_pool, org, &filter, None, 100).await.expect("query");
+                samples.push(t.elapsed());
+                assert!(page.len() <= 100);
+            }
+            println!("    {name:<24} {:>35.2} {:>9.2}", percentile(&mut samples, 0.5), percentile(&mut samples, 0.95));
+        }
+
+        // Export: every event of the big org, page by page, rendered as JSON Lines.
+        let t = Instant::now();
+        let mut before = None;
+        let (mut exported, mut bytes) = (0u64, 0usize);
+        loop {
+            let page = store::page_desc(&app_pool, org, &Filter::default(), before, store::BATCH).await.expect("page");
+            let Some(last) = page.last() else { break };
+            before = Some(last.seq);
+            bytes += audit::export::render(&page, false).len();
+            exported += page.len() as u64;
+        }
+        let export_rate = exported as f64 / t.elapsed().as_secs_f64();
+        println!("  export (JSON Lines)  {exported} events, {:.0} MB in {:.1} s: {:>9.0} events/s   (target >= 100,000)", bytes as f64 / 1e6, t.elapsed().as_secs_f64(), export_rate);
+
+        let t = Instant::now();
+        let report = store::verify_org(&app_pool, org).await.expect("verify");
+        assert!(report.ok, "the generated chain must verify: {:?}", report.first_broken_seq);
+        let verify_rate = report.checked as f64 / t.elapsed().as_secs_f64();
+        println!("  verify               {} events in {:.1} s: {:>9.0} events/s   (target >= 200,000)", report.checked, t.elapsed().as_secs_f64(), verify_rate);
+
+        // Audit write overhead on a mutating request, in the big org.
+        let mut projects = Vec::new();
+        sqlx::query("INSERT INTO orgs (id, slug, name) VALUES ($1, 'bench', 'Bench')").bind(org).execute(&superuser).await.expect("org");
+        for i in 0..16 {
+            let id = Uuid::now_v7();
+            sqlx::query("INSERT INTO projects (id, org_id, slug, name) VALUES ($1, $2, $3, 'P')").bind(id).bind(org).bind(format!("p{i}")).execute(&superuser).await.expect("project");
+            projects.push(id);
+        }
+        let pool = app_pool.clone();
+        let app = TestApp::spawn_router(db.clone(), app_pool.clone(), move |limit| {
+            let routes = Router::new()
+                .route("/with/{project}", post(move |State(pool): State<PgPool>, Path(p): Path<Uuid>| async move { update(&pool, org, p, true).await.map_err(|e| e.to_string()) }))
+                .route("/without/{project}", post(move |State(pool): State<PgPool>, Path(p): Path<Uuid>| async move { update(&pool, org, p, false).await.map_err(|e| e.to_string()) }))
+                .with_state(pool);
+            builderos_shared::http::finish(routes, "bench", limit)
+        })
+        .await;
+        let secs = Duration::from_secs(5);
+        requests_per_second(&app, "/without", &projects, Duration::from_secs(1)).await;
+        let without = requests_per_second(&app, "/without", &projects, secs).await;
+        let with = requests_per_second(&app, "/with", &projects, secs).await;
+        let without2 = requests_per_second(&app, "/without", &projects, secs).await;
+        let with2 = requests_per_second(&app, "/with", &projects, secs).await;
+        let (without, with) = ((without + without2) / 2.0, (with + with2) / 2.0);
+        println!("  mutating request, 16 connections: without audit {without:.0} req/s, with audit {with:.0} req/s: overhead {:.1} %   (target <= 15 %)", 100.0 * (1.0 - with / without));
+    });
+}

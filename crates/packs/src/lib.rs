@@ -1,0 +1,1 @@
+//! Signed pack bundles (work in progress by the packs helper).
