@@ -17,6 +17,7 @@ pub mod audit;
 pub mod auth;
 pub mod domain;
 pub mod mail;
+pub mod mailer;
 pub mod permissions;
 mod routes;
 pub mod sessions;

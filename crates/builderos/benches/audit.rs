@@ -230,7 +230,8 @@ fn main() {
         println!("audit benchmark: {big} events in one org + {big} over 100 orgs (generated and hashed in {:.0} s)", t.elapsed().as_secs_f64());
 
         // Five typical filtered queries, first page of 100, newest first.
-        let queries: Vec<(&str, Box<dyn Fn(i64) -> Filter>)> = vec![
+        type MakeFilter = Box<dyn Fn(i64) -> Filter>;
+        let queries: Vec<(&str, MakeFilter)> = vec![
             ("by actor", Box::new(|i| Filter { actor: Some(format!("user{}@example.com", i % 1000)), ..Filter::default() })),
             ("by action prefix", Box::new(|i| Filter { action: Some(ActionMatch::Prefix(if i % 2 == 0 { "deploy.".into() } else { "prompt.".into() })), ..Filter::default() })),
             ("by target", Box::new(|i| Filter { target_type: Some("run".into()), target_id: Some(format!("run-{}", (i * 7919) % 100_000)), ..Filter::default() })),

@@ -31,8 +31,28 @@ pub enum CommandError {
     Io(String),
     #[error("{0}")]
     Keys(#[from] builderos_api::auth::jwt::KeyError),
+    #[error("{0}")]
+    Mailer(#[from] builderos_api::mailer::MailerError),
     #[error("{0} is out of date; run `{1}` and commit the result")]
     Drift(String, &'static str),
+}
+
+/// Starts the outbox mailer in the background; cancel the token to stop it.
+fn start_mailer(
+    config: &Config,
+    pool: &sqlx::PgPool,
+) -> Result<tokio_util::sync::CancellationToken, CommandError> {
+    let mailer = builderos_api::mailer::Mailer::new(
+        config.smtp_url.as_ref().map(|u| u.expose()),
+        &config.mail_from,
+    )?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(mailer.run(
+        pool.clone(),
+        std::time::Duration::from_secs(1),
+        stop.clone(),
+    ));
+    Ok(stop)
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, CommandError> {
@@ -78,16 +98,18 @@ async fn dev_serve(config: &Config, app_url: &str, owner_url: &str) -> Result<()
         builderos_api::SERVICE,
         config.body_limit_bytes,
     );
+    let mailer = start_mailer(config, &pool)?;
     let listener = bind(config.http_addr).await?;
     let addr = listener.local_addr().map_err(CommandError::Serve)?;
     println!(
         "BuilderOS is running at http://{addr} (API docs: http://{addr}/docs; operator: http://{addr}/operator/health). Ctrl-C stops it."
     );
-    http::serve(listener, app, http::shutdown_signal())
+    let served = http::serve(listener, app, http::shutdown_signal())
         .await
-        .map_err(CommandError::Serve)?;
+        .map_err(CommandError::Serve);
+    mailer.cancel();
     pool.close().await;
-    Ok(())
+    served
 }
 
 /// `builderos serve`: the API.
@@ -100,13 +122,15 @@ pub async fn serve(config: &Config) -> Result<(), CommandError> {
         builderos_api::AppState::new(config, pool.clone())?,
         config.body_limit_bytes,
     );
+    let mailer = start_mailer(config, &pool)?;
     let listener = bind(config.http_addr).await?;
     tracing::info!(addr = %config.http_addr, "API listening");
-    http::serve(listener, app, http::shutdown_signal())
+    let served = http::serve(listener, app, http::shutdown_signal())
         .await
-        .map_err(CommandError::Serve)?;
+        .map_err(CommandError::Serve);
+    mailer.cancel();
     pool.close().await;
-    Ok(())
+    served
 }
 
 /// `builderos operator`: the operator's control server (and, with the operator issue, its workers).

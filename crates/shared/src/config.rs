@@ -154,6 +154,12 @@ pub struct Config {
     /// `BR_OS_JWT_PREVIOUS_PUBLIC_KEYS`: SPKI PEM public keys of rotated-out signing keys,
     /// concatenated; tokens they signed keep verifying until they expire.
     pub jwt_previous_public_keys: Vec<String>,
+    /// `BR_OS_SMTP_URL`: the relay outgoing mail goes to (`smtp://host:port` plain,
+    /// `smtp://user:pass@host:587?tls=required` STARTTLS, `smtps://user:pass@host:465` TLS).
+    /// Unset outside production: mail is logged instead (links included, for development).
+    pub smtp_url: Option<Secret>,
+    /// `BR_OS_MAIL_FROM`: the sender of outgoing mail (default `BuilderOS <no-reply@localhost>`).
+    pub mail_from: String,
     /// `BR_OS_LOG`: a tracing filter (default `info`).
     pub log_filter: String,
     /// `BR_OS_LOG_FORMAT`: auto (default), json, pretty.
@@ -228,8 +234,26 @@ impl Config {
         let jwt_previous_public_keys = get("BR_OS_JWT_PREVIOUS_PUBLIC_KEYS")
             .map(|all| split_pems(&all.replace("\\n", "\n")))
             .unwrap_or_default();
+        let smtp_url = get("BR_OS_SMTP_URL").map(Secret::new);
+        if let Some(url) = &smtp_url
+            && !(url.expose().starts_with("smtp://") || url.expose().starts_with("smtps://"))
+        {
+            return Err(ConfigError::new(
+                "BR_OS_SMTP_URL",
+                "must be an smtp:// or smtps:// URL",
+            ));
+        }
+        if env == Environment::Production && smtp_url.is_none() {
+            return Err(ConfigError::new(
+                "BR_OS_SMTP_URL",
+                "is required in production (magic links and invitations are sent by mail)",
+            ));
+        }
         Ok(Self {
             env,
+            smtp_url,
+            mail_from: get("BR_OS_MAIL_FROM")
+                .unwrap_or_else(|| "BuilderOS <no-reply@localhost>".to_owned()),
             public_url: public_url.trim_end_matches('/').to_owned(),
             jwt_private_key,
             jwt_previous_public_keys,
@@ -321,6 +345,8 @@ impl Config {
             public_url = %self.public_url,
             jwt_private_key = if self.jwt_private_key.is_some() { "***" } else { "(generated per process)" },
             jwt_previous_public_keys = self.jwt_previous_public_keys.len(),
+            smtp_url = self.smtp_url.as_ref().map(|u| mask_db_url(u.expose())).as_deref().unwrap_or("(none: mail is logged)"),
+            mail_from = %self.mail_from,
             "configuration resolved"
         );
     }

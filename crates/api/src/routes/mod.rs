@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod invitations;
+mod magic;
 mod orgs;
 mod projects;
 mod tokens;
@@ -14,6 +15,7 @@ use crate::AppState;
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::router())
+        .merge(magic::router())
         .merge(orgs::router())
         .merge(audit::router())
 }
