@@ -18,6 +18,7 @@ pub mod auth;
 pub mod domain;
 pub mod mail;
 pub mod mailer;
+pub mod oidc;
 pub mod permissions;
 mod routes;
 pub mod sessions;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub keys: Arc<auth::jwt::Keys>,
     /// The platform's external base URL (for links in mail).
     pub public_url: Arc<str>,
+    /// OAuth2/OIDC sign-in providers.
+    pub oauth: Arc<oidc::OAuth>,
 }
 
 /// The JWT issuer every access token names.
@@ -58,6 +61,8 @@ impl AppState {
     /// # Errors
     /// When the configured JWT key can't be loaded.
     pub fn new(config: &Config, pool: PgPool) -> Result<Self, auth::jwt::KeyError> {
+        let oauth = oidc::OAuth::new(&config.oauth_providers)
+            .map_err(|e| auth::jwt::KeyError::new(e.to_string()))?;
         let keys = match &config.jwt_private_key {
             Some(pem) => {
                 auth::jwt::Keys::from_pem(ISSUER, pem.expose(), &config.jwt_previous_public_keys)?
@@ -75,6 +80,7 @@ impl AppState {
             pool,
             keys: Arc::new(keys),
             public_url: Arc::from(config.public_url.as_str()),
+            oauth: Arc::new(oauth),
         })
     }
 }

@@ -93,6 +93,120 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// How a sign-in provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthKind {
+    /// OpenID Connect: discovery, ID token verified against the provider's JWKS.
+    Oidc,
+    /// GitHub's OAuth2: no ID token; the verified primary email comes from its API.
+    Github,
+}
+
+/// One configured sign-in provider (`BR_OS_OAUTH_<NAME>_*`).
+#[derive(Debug, Clone)]
+pub struct OAuthProvider {
+    /// Lowercase name used in URLs (`/v1/auth/oauth/<name>/start`).
+    pub name: String,
+    /// `_KIND`: `oidc` (default; `github` for a provider named github).
+    pub kind: OAuthKind,
+    /// `_ISSUER`: the OIDC issuer (default `https://accounts.google.com` for `google`).
+    pub issuer: Option<String>,
+    /// `_CLIENT_ID`.
+    pub client_id: String,
+    /// `_CLIENT_SECRET` (optional for public clients; PKCE is always used).
+    pub client_secret: Option<Secret>,
+    /// `_REDIRECT_URI`: matched exactly by the provider (default
+    /// `<BR_OS_PUBLIC_URL>/v1/auth/oauth/<name>/callback`).
+    pub redirect_uri: String,
+    /// `_AUTH_URL`, `_TOKEN_URL`, `_API_URL`: GitHub endpoints (defaults: github.com).
+    pub auth_url: Option<String>,
+    /// See `auth_url`.
+    pub token_url: Option<String>,
+    /// See `auth_url`.
+    pub api_url: Option<String>,
+}
+
+fn parse_oauth(
+    get: &impl Fn(&str) -> Option<String>,
+    public_url: &str,
+) -> Result<Vec<OAuthProvider>, ConfigError> {
+    let Some(list) = get("BR_OS_OAUTH_PROVIDERS") else {
+        return Ok(Vec::new());
+    };
+    let mut providers = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(ConfigError::new(
+                "BR_OS_OAUTH_PROVIDERS",
+                format!("`{name}`: provider names are lowercase a-z, 0-9 and dashes"),
+            ));
+        }
+        let prefix = format!(
+            "BR_OS_OAUTH_{}_",
+            name.to_ascii_uppercase().replace('-', "_")
+        );
+        let var = |suffix: &str| get(&format!("{prefix}{suffix}"));
+        // Variable names are leaked as &'static str once per provider, at start-up only.
+        let static_name = |suffix: &str| -> &'static str {
+            Box::leak(format!("{prefix}{suffix}").into_boxed_str())
+        };
+        let kind = match var("KIND").as_deref() {
+            None if name == "github" => OAuthKind::Github,
+            None | Some("oidc") => OAuthKind::Oidc,
+            Some("github") => OAuthKind::Github,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    static_name("KIND"),
+                    format!("`{other}` is not oidc or github"),
+                ));
+            }
+        };
+        let issuer = var("ISSUER")
+            .or_else(|| (name == "google").then(|| "https://accounts.google.com".to_owned()));
+        if kind == OAuthKind::Oidc && issuer.is_none() {
+            return Err(ConfigError::new(
+                static_name("ISSUER"),
+                "is required for an OIDC provider",
+            ));
+        }
+        let client_id = var("CLIENT_ID")
+            .ok_or_else(|| ConfigError::new(static_name("CLIENT_ID"), "is required"))?;
+        let redirect_uri = var("REDIRECT_URI")
+            .unwrap_or_else(|| format!("{public_url}/v1/auth/oauth/{name}/callback"));
+        for (suffix, value) in [
+            ("ISSUER", &issuer),
+            ("REDIRECT_URI", &Some(redirect_uri.clone())),
+            ("AUTH_URL", &var("AUTH_URL")),
+            ("TOKEN_URL", &var("TOKEN_URL")),
+            ("API_URL", &var("API_URL")),
+        ] {
+            if let Some(v) = value
+                && !(v.starts_with("https://") || v.starts_with("http://"))
+            {
+                return Err(ConfigError::new(
+                    static_name(suffix),
+                    "must be an http(s) URL",
+                ));
+            }
+        }
+        providers.push(OAuthProvider {
+            name: name.to_owned(),
+            kind,
+            issuer,
+            client_id,
+            client_secret: var("CLIENT_SECRET").map(Secret::new),
+            redirect_uri,
+            auth_url: var("AUTH_URL"),
+            token_url: var("TOKEN_URL"),
+            api_url: var("API_URL"),
+        });
+    }
+    Ok(providers)
+}
+
 /// A configuration variable that is missing or malformed.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {var}: {message}")]
@@ -160,6 +274,8 @@ pub struct Config {
     pub smtp_url: Option<Secret>,
     /// `BR_OS_MAIL_FROM`: the sender of outgoing mail (default `BuilderOS <no-reply@localhost>`).
     pub mail_from: String,
+    /// `BR_OS_OAUTH_PROVIDERS` and `BR_OS_OAUTH_<NAME>_*`: OAuth2/OIDC sign-in providers.
+    pub oauth_providers: Vec<OAuthProvider>,
     /// `BR_OS_LOG`: a tracing filter (default `info`).
     pub log_filter: String,
     /// `BR_OS_LOG_FORMAT`: auto (default), json, pretty.
@@ -249,12 +365,15 @@ impl Config {
                 "is required in production (magic links and invitations are sent by mail)",
             ));
         }
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        let oauth_providers = parse_oauth(&get, &public_url)?;
         Ok(Self {
             env,
+            oauth_providers,
             smtp_url,
             mail_from: get("BR_OS_MAIL_FROM")
                 .unwrap_or_else(|| "BuilderOS <no-reply@localhost>".to_owned()),
-            public_url: public_url.trim_end_matches('/').to_owned(),
+            public_url,
             jwt_private_key,
             jwt_previous_public_keys,
             db_url,
@@ -347,6 +466,7 @@ impl Config {
             jwt_previous_public_keys = self.jwt_previous_public_keys.len(),
             smtp_url = self.smtp_url.as_ref().map(|u| mask_db_url(u.expose())).as_deref().unwrap_or("(none: mail is logged)"),
             mail_from = %self.mail_from,
+            oauth_providers = ?self.oauth_providers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             "configuration resolved"
         );
     }
@@ -461,6 +581,50 @@ mod tests {
         .expect("parse");
         assert_eq!(c.operator_version, "9");
         assert_eq!(c.operator_commit, "def");
+    }
+
+    /// OAuth providers parse with defaults and fail naming the variable.
+    #[test]
+    fn oauth_providers() {
+        let c = config(&[
+            ("BR_OS_OAUTH_PROVIDERS", "google, github, corp-sso"),
+            ("BR_OS_OAUTH_GOOGLE_CLIENT_ID", "g"),
+            ("BR_OS_OAUTH_GITHUB_CLIENT_ID", "h"),
+            ("BR_OS_OAUTH_CORP_SSO_CLIENT_ID", "c"),
+            ("BR_OS_OAUTH_CORP_SSO_ISSUER", "https://sso.example.com"),
+            ("BR_OS_OAUTH_CORP_SSO_CLIENT_SECRET", "s3cret"),
+        ])
+        .expect("parse");
+        let names: Vec<(&str, OAuthKind)> = c
+            .oauth_providers
+            .iter()
+            .map(|p| (p.name.as_str(), p.kind))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("google", OAuthKind::Oidc),
+                ("github", OAuthKind::Github),
+                ("corp-sso", OAuthKind::Oidc)
+            ]
+        );
+        assert_eq!(
+            c.oauth_providers[0].issuer.as_deref(),
+            Some("https://accounts.google.com")
+        );
+        assert_eq!(
+            c.oauth_providers[2].redirect_uri,
+            "http://127.0.0.1:8080/v1/auth/oauth/corp-sso/callback"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let e = config(&[
+            ("BR_OS_OAUTH_PROVIDERS", "corp"),
+            ("BR_OS_OAUTH_CORP_CLIENT_ID", "c"),
+        ])
+        .expect_err("issuer");
+        assert_eq!(e.var, "BR_OS_OAUTH_CORP_ISSUER");
+        let e = config(&[("BR_OS_OAUTH_PROVIDERS", "Corp")]).expect_err("name");
+        assert_eq!(e.var, "BR_OS_OAUTH_PROVIDERS");
     }
 
     /// Passwords never reach the log form of a URL, nor `Debug`.

@@ -204,6 +204,22 @@ impl TestApp {
         Self::spawn_with(Router::new()).await
     }
 
+    /// Spawns the API with `config` (e.g. with sign-in providers) over a fresh database.
+    pub async fn spawn_with_config(config: Config) -> Self {
+        let db = TestDb::new().await;
+        let pool = db.app_pool();
+        Self::spawn_router(db, pool.clone(), move |body_limit| {
+            let state = builderos_api::AppState::new(&config, pool)
+                .unwrap_or_else(|e| panic!("app state: {e}"));
+            builderos_shared::http::finish(
+                builderos_api::router(state),
+                builderos_api::SERVICE,
+                body_limit,
+            )
+        })
+        .await
+    }
+
     /// Spawns the API with `extra` routes merged in (tests use this to add a panicking route
     /// or a JSON echo to exercise the middleware).
     pub async fn spawn_with(extra: Router) -> Self {

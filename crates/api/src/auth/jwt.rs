@@ -35,10 +35,18 @@ pub struct Claims {
     pub exp: i64,
 }
 
-/// Why a key could not be loaded.
+/// Why a key (or another start-up dependency of the API state) could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct KeyError(String);
+
+impl KeyError {
+    /// An error with this message.
+    #[must_use]
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
 
 /// The signing key and every public key still accepted.
 #[derive(Clone)]

@@ -4,6 +4,7 @@ mod audit;
 mod auth;
 mod invitations;
 mod magic;
+mod oauth;
 mod orgs;
 mod projects;
 mod tokens;
@@ -16,6 +17,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::router())
         .merge(magic::router())
+        .merge(oauth::router())
         .merge(orgs::router())
         .merge(audit::router())
 }
