@@ -65,6 +65,7 @@ fn free_port() -> u16 {
 }
 
 async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    builderos_shared::telemetry::install_crypto_provider();
     let res = reqwest::get(url)
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
@@ -73,6 +74,7 @@ async fn get_json(url: &str) -> (u16, serde_json::Value) {
 }
 
 async fn wait_for_status(url: &str, want: u16, within: Duration) -> Duration {
+    builderos_shared::telemetry::install_crypto_provider();
     let start = Instant::now();
     loop {
         if let Ok(res) = reqwest::get(url).await

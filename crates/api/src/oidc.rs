@@ -114,9 +114,7 @@ impl OAuth {
     /// # Errors
     /// When the HTTP client can't be built.
     pub fn new(providers: &[OAuthProvider]) -> Result<Self, OidcError> {
-        // One process-wide TLS provider (ring, which sqlx's TLS already uses); installing it
-        // twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        builderos_shared::telemetry::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())

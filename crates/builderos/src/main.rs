@@ -39,6 +39,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Signed packs: keygen, init, build, sign, verify, inspect (offline; no configuration needed).
+    #[command(subcommand)]
+    Pack(builderos_packs::cli::PackCommand),
     /// The audit trail: verify, query, export, prune.
     #[command(subcommand)]
     Audit(audit_cli::AuditCommand),
@@ -55,6 +58,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    builderos_shared::telemetry::install_crypto_provider();
+    // Pack commands are offline tools: they need no server configuration.
+    let command = match cli.command {
+        Command::Pack(pack) => return builderos_packs::cli::run(pack),
+        other => other,
+    };
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -75,7 +84,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Dev => commands::dev(&config).await.map(|()| true),
             Command::Serve => commands::serve(&config).await.map(|()| true),
             Command::Operator => commands::operator(&config).await.map(|()| true),
@@ -84,6 +93,7 @@ fn main() -> ExitCode {
             Command::Docs { dir, check } => commands::docs(&dir, check).map(|()| true),
             // `false`: the command ran and its answer is "no" (a broken chain).
             Command::Audit(command) => audit_cli::run(&config, command).await,
+            Command::Pack(_) => Ok(true),
         }
     });
     match result {

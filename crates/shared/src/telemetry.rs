@@ -79,3 +79,9 @@ pub fn install_panic_hook() {
         tracing::error!(panic = %message, location = location.as_deref().unwrap_or("unknown"), "panic");
     }));
 }
+
+/// Installs the process-wide TLS crypto provider (ring, the one sqlx's TLS already uses), which
+/// outgoing HTTPS clients need. Idempotent; call it before building an HTTP client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

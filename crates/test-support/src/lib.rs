@@ -38,6 +38,7 @@ static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 /// # Panics
 /// When PostgreSQL can't be started: tests can't run without it, and the message says why.
 pub async fn cluster() -> Arc<Cluster> {
+    builderos_shared::telemetry::install_crypto_provider();
     let cluster = CLUSTER
         .get_or_init(|| async {
             sweep_stale_dirs();

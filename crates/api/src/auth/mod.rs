@@ -3,7 +3,7 @@
 //! Handlers take [`Auth`] (required credentials) or [`MaybeAuth`] (optional, but a *bad*
 //! credential is still an error), and name the permission they need in one line:
 //!
-//! ```ignore
+//! ```text
 //! let access = auth.authorize(&state, org_id, Permission::ProjectsWrite).await?;
 //! ```
 //!

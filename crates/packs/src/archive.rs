@@ -1,0 +1,375 @@
+//! The zip structure, parsed and checked by hand. General zip readers are lenient where a
+//! signed bundle must not be: they skip prepended data, ignore local headers, collapse
+//! duplicate names and accept comments and trailing bytes. Here every byte of the archive
+//! must belong to exactly one entry, the central directory or the one end record.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+
+use crate::error::PackError;
+use crate::limits::Limits;
+use crate::paths;
+
+const EOCD_SIG: u32 = 0x0605_4b50;
+const ZIP64_LOCATOR_SIG: u32 = 0x0706_4b50;
+const CENTRAL_SIG: u32 = 0x0201_4b50;
+const LOCAL_SIG: u32 = 0x0403_4b50;
+const EOCD_LEN: u64 = 22;
+
+/// One checked entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its name (a checked relative path).
+    pub name: String,
+    /// 0 stored, 8 deflate.
+    pub method: u16,
+    /// CRC-32 of the uncompressed data.
+    pub crc32: u32,
+    /// Compressed size.
+    pub compressed: u64,
+    /// Declared uncompressed size.
+    pub size: u64,
+    /// Offset of its data.
+    pub data_offset: u64,
+}
+
+fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([b[i], b[i + 1]])
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+fn mismatch(msg: impl Into<String>) -> PackError {
+    PackError::HeaderMismatch(msg.into())
+}
+
+fn read_exact_at<R: Read + Seek>(r: &mut R, offset: u64, len: usize) -> Result<Vec<u8>, PackError> {
+    r.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)
+        .map_err(|_| mismatch(format!("truncated structure at offset {offset}")))?;
+    Ok(buf)
+}
+
+/// Parses and checks the archive's structure; returns its entries in central-directory order.
+///
+/// # Errors
+/// The [`PackError`] of the first structural problem.
+pub fn read_entries<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Vec<Entry>, PackError> {
+    let len = r.seek(SeekFrom::End(0))?;
+    if len > limits.max_compressed {
+        return Err(PackError::TooLarge(format!(
+            "{len} bytes exceeds the limit of {}",
+            limits.max_compressed
+        )));
+    }
+    if len < EOCD_LEN {
+        return Err(PackError::NotAZip("too short to be a zip archive".into()));
+    }
+    // The end record must be the last 22 bytes: no comment, nothing after it.
+    let tail_len = len.min(EOCD_LEN + 65_535 + 1024);
+    let tail = read_exact_at(r, len - tail_len, usize::try_from(tail_len).unwrap_or(0))?;
+    let eocd_positions: Vec<usize> = (0..=tail.len() - 4)
+        .filter(|&i| u32_at(&tail, i) == EOCD_SIG)
+        .collect();
+    let last = tail.len() - usize::try_from(EOCD_LEN).unwrap_or(22);
+    if !eocd_positions.contains(&last) {
+        return match eocd_positions.last() {
+            None => Err(PackError::NotAZip(
+                "no end-of-central-directory record".into(),
+            )),
+            Some(&p)
+                if u16_at(&tail, p + 20) > 0
+                    && p + 22 + usize::from(u16_at(&tail, p + 20)) == tail.len() =>
+            {
+                Err(PackError::Comment("the archive has a comment".into()))
+            }
+            Some(_) => Err(PackError::TrailingData(
+                "bytes follow the end-of-central-directory record".into(),
+            )),
+        };
+    }
+    if eocd_positions.len() > 1 {
+        return Err(PackError::MultipleEocd(format!(
+            "{} end-of-central-directory records",
+            eocd_positions.len()
+        )));
+    }
+    let eocd = &tail[last..];
+    if last >= 20 && u32_at(&tail, last - 20) == ZIP64_LOCATOR_SIG {
+        return Err(PackError::Zip64(
+            "ZIP64 end-of-central-directory locator".into(),
+        ));
+    }
+    let (disk, cd_disk, on_disk, total) = (
+        u16_at(eocd, 4),
+        u16_at(eocd, 6),
+        u16_at(eocd, 8),
+        u16_at(eocd, 10),
+    );
+    let (cd_size, cd_offset, comment_len) = (
+        u64::from(u32_at(eocd, 12)),
+        u64::from(u32_at(eocd, 16)),
+        u16_at(eocd, 20),
+    );
+    if on_disk == 0xFFFF || total == 0xFFFF || cd_size == 0xFFFF_FFFF || cd_offset == 0xFFFF_FFFF {
+        return Err(PackError::Zip64("ZIP64 sentinel in the end record".into()));
+    }
+    if disk != 0 || cd_disk != 0 || on_disk != total {
+        return Err(mismatch("multi-disk archives are not packs"));
+    }
+    if comment_len != 0 {
+        return Err(PackError::Comment("the archive has a comment".into()));
+    }
+    if usize::from(total) > limits.max_entries {
+        return Err(PackError::TooManyEntries(format!(
+            "{total} entries exceeds the limit of {}",
+            limits.max_entries
+        )));
+    }
+    let eocd_offset = len - EOCD_LEN;
+    match (cd_offset + cd_size).cmp(&eocd_offset) {
+        std::cmp::Ordering::Less => {
+            // Offsets that are all short by the same amount mean bytes were put in front of
+            // a valid archive (a polyglot or self-extracting stub).
+            let shifted = eocd_offset - cd_size;
+            let probe = read_exact_at(r, shifted, 4)?;
+            return Err(if u32_at(&probe, 0) == CENTRAL_SIG {
+                PackError::PrependedData(format!(
+                    "{} bytes before the archive",
+                    shifted - cd_offset
+                ))
+            } else {
+                PackError::TrailingData(
+                    "bytes between the central directory and its end record".into(),
+                )
+            });
+        }
+        std::cmp::Ordering::Greater => {
+            return Err(mismatch("the central directory overruns its end record"));
+        }
+        std::cmp::Ordering::Equal => {}
+    }
+    let cd = read_exact_at(
+        r,
+        cd_offset,
+        usize::try_from(cd_size).map_err(|_| mismatch("central directory too large"))?,
+    )?;
+
+    let mut entries = Vec::with_capacity(usize::from(total));
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut exact: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut total_size: u64 = 0;
+    let mut pos = 0usize;
+    for _ in 0..total {
+        if pos + 46 > cd.len() || u32_at(&cd, pos) != CENTRAL_SIG {
+            return Err(mismatch("malformed central directory entry"));
+        }
+        let made_by = u16_at(&cd, pos + 4);
+        let flags = u16_at(&cd, pos + 8);
+        let method = u16_at(&cd, pos + 10);
+        let crc32 = u32_at(&cd, pos + 16);
+        let compressed = u64::from(u32_at(&cd, pos + 20));
+        let size = u64::from(u32_at(&cd, pos + 24));
+        let (name_len, extra_len, comment_len) = (
+            usize::from(u16_at(&cd, pos + 28)),
+            usize::from(u16_at(&cd, pos + 30)),
+            usize::from(u16_at(&cd, pos + 32)),
+        );
+        let disk_start = u16_at(&cd, pos + 34);
+        let external = u32_at(&cd, pos + 38);
+        let local_offset = u64::from(u32_at(&cd, pos + 42));
+        let end = pos + 46 + name_len + extra_len + comment_len;
+        if end > cd.len() {
+            return Err(mismatch("central directory entry overruns the directory"));
+        }
+        let name_bytes = &cd[pos + 46..pos + 46 + name_len];
+        let extra = &cd[pos + 46 + name_len..pos + 46 + name_len + extra_len];
+        pos = end;
+
+        let name = std::str::from_utf8(name_bytes)
+            .map_err(|_| PackError::BadPath("an entry name is not UTF-8".into()))?
+            .to_owned();
+        let shown = name.escape_debug().to_string();
+        if compressed == 0xFFFF_FFFF
+            || size == 0xFFFF_FFFF
+            || local_offset == 0xFFFF_FFFF
+            || has_zip64_extra(extra)
+        {
+            return Err(PackError::Zip64(format!("`{shown}` uses ZIP64 fields")));
+        }
+        if flags & 0x0001 != 0 || flags & 0x0040 != 0 {
+            return Err(PackError::Encrypted(format!("`{shown}` is encrypted")));
+        }
+        if flags & 0x0008 != 0 {
+            return Err(PackError::DataDescriptor(format!(
+                "`{shown}` uses a data descriptor"
+            )));
+        }
+        if method != 0 && method != 8 {
+            return Err(PackError::UnsupportedCompression(format!(
+                "`{shown}` uses compression method {method}"
+            )));
+        }
+        if comment_len != 0 {
+            return Err(PackError::Comment(format!(
+                "`{shown}` has an entry comment"
+            )));
+        }
+        if disk_start != 0 {
+            return Err(mismatch(format!("`{shown}` starts on another disk")));
+        }
+        // File type from the Unix mode (made on Unix) or the DOS directory bit.
+        let mode = external >> 16;
+        if made_by >> 8 == 3 && mode != 0 {
+            match mode & 0o170_000 {
+                0o120_000 => {
+                    return Err(PackError::Symlink(format!("`{shown}` is a symbolic link")));
+                }
+                0o100_000 => {}
+                _ => {
+                    return Err(PackError::NotRegularFile(format!(
+                        "`{shown}` is not a regular file"
+                    )));
+                }
+            }
+        }
+        if external & 0x10 != 0 || name.ends_with('/') {
+            return Err(PackError::NotRegularFile(format!(
+                "`{shown}` is a directory"
+            )));
+        }
+        paths::check(&name, limits)?;
+        if !exact.insert(name.clone()) {
+            return Err(PackError::DuplicateEntry(format!(
+                "`{shown}` appears twice"
+            )));
+        }
+        if let Some(other) = names.insert(paths::collision_key(&name), name.clone()) {
+            return Err(PackError::NameCollision(format!(
+                "`{shown}` collides with `{}`",
+                other.escape_debug()
+            )));
+        }
+        if method == 0 && compressed != size {
+            return Err(mismatch(format!(
+                "`{shown}` is stored but its sizes differ"
+            )));
+        }
+        if size > limits.max_entry {
+            return Err(PackError::EntryTooLarge(format!(
+                "`{shown}` declares {size} bytes; the limit is {}",
+                limits.max_entry
+            )));
+        }
+        if size > compressed.max(1).saturating_mul(limits.max_ratio) {
+            return Err(PackError::ZipBomb(format!(
+                "`{shown}` expands more than {}x",
+                limits.max_ratio
+            )));
+        }
+        total_size = total_size.saturating_add(size);
+        if total_size > limits.max_uncompressed {
+            return Err(PackError::TooLargeUncompressed(format!(
+                "the entries exceed {} bytes",
+                limits.max_uncompressed
+            )));
+        }
+        // The local header must say the same.
+        let local = read_exact_at(r, local_offset, 30)?;
+        if u32_at(&local, 0) != LOCAL_SIG {
+            return Err(mismatch(format!(
+                "`{shown}`: no local header where the directory points"
+            )));
+        }
+        let (l_name_len, l_extra_len) = (
+            usize::from(u16_at(&local, 26)),
+            usize::from(u16_at(&local, 28)),
+        );
+        if u16_at(&local, 6) != flags
+            || u16_at(&local, 8) != method
+            || u32_at(&local, 14) != crc32
+            || u64::from(u32_at(&local, 18)) != compressed
+            || u64::from(u32_at(&local, 22)) != size
+            || l_name_len != name_len
+        {
+            return Err(mismatch(format!(
+                "`{shown}`: the local header disagrees with the central directory"
+            )));
+        }
+        let local_name = read_exact_at(r, local_offset + 30, l_name_len + l_extra_len)?;
+        if &local_name[..l_name_len] != name_bytes {
+            return Err(mismatch(format!(
+                "`{shown}`: the local header names another file"
+            )));
+        }
+        if has_zip64_extra(&local_name[l_name_len..]) {
+            return Err(PackError::Zip64(format!("`{shown}` uses ZIP64 fields")));
+        }
+        let data_offset =
+            local_offset + 30 + u64::try_from(l_name_len + l_extra_len).unwrap_or(u64::MAX);
+        entries.push((
+            local_offset,
+            Entry {
+                name,
+                method,
+                crc32,
+                compressed,
+                size,
+                data_offset,
+            },
+        ));
+    }
+    if pos != cd.len() {
+        return Err(mismatch("bytes left over in the central directory"));
+    }
+    // Entries must tile the area before the central directory exactly: no gaps (hidden or
+    // prepended data) and no overlaps.
+    let mut by_offset: Vec<&(u64, Entry)> = entries.iter().collect();
+    by_offset.sort_by_key(|(offset, _)| *offset);
+    let mut expected = 0u64;
+    for (offset, entry) in by_offset {
+        if *offset < expected {
+            return Err(PackError::OverlappingEntries(format!(
+                "`{}` overlaps the entry before it",
+                entry.name.escape_debug()
+            )));
+        }
+        if *offset > expected {
+            return Err(if expected == 0 {
+                PackError::PrependedData(format!("{offset} bytes before the first entry"))
+            } else {
+                PackError::TrailingData(format!(
+                    "unclaimed bytes before `{}`",
+                    entry.name.escape_debug()
+                ))
+            });
+        }
+        expected = entry.data_offset + entry.compressed;
+    }
+    if expected > cd_offset {
+        return Err(PackError::OverlappingEntries(
+            "the last entry overlaps the central directory".into(),
+        ));
+    }
+    if expected < cd_offset {
+        return Err(PackError::TrailingData(
+            "unclaimed bytes before the central directory".into(),
+        ));
+    }
+    Ok(entries.into_iter().map(|(_, e)| e).collect())
+}
+
+fn has_zip64_extra(extra: &[u8]) -> bool {
+    let mut i = 0;
+    while i + 4 <= extra.len() {
+        let (id, len) = (u16_at(extra, i), usize::from(u16_at(extra, i + 2)));
+        if id == 0x0001 {
+            return true;
+        }
+        i += 4 + len;
+    }
+    false
+}

@@ -1,0 +1,348 @@
+//! The manifest (`pack.json`): what the pack is, what it asks for, and every file with its
+//! size and SHA-256. Stored as canonical JSON; the signature covers exactly those bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::PackError;
+use crate::limits::Limits;
+use crate::paths;
+
+/// The format version this crate writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// What a pack contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Desk templates: template files plus declared variables.
+    Desk,
+    /// Agents: roles with prompt specs and policies.
+    Agent,
+    /// Pipeline definitions.
+    Pipeline,
+}
+
+/// The manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: u32,
+    /// The kind.
+    pub kind: Kind,
+    /// Lowercase slug.
+    pub name: String,
+    /// Semver.
+    pub version: String,
+    /// The publisher's id (a slug).
+    pub publisher: String,
+    /// What it is for.
+    pub description: String,
+    /// What it asks to be allowed.
+    pub permissions: Permissions,
+    /// The kind's entry points (see [`DeskEntry`], [`AgentEntry`], [`PipelineEntry`]).
+    pub entry: serde_json::Value,
+    /// Every content file, sorted by path.
+    pub files: Vec<FileEntry>,
+}
+
+/// Requested permissions; installing a pack means approving these.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    /// Tools the pack's agents may call.
+    pub tools: Vec<String>,
+    /// Network domains they may reach.
+    pub network: Vec<String>,
+    /// Secret names they may read.
+    pub secrets: Vec<String>,
+}
+
+/// One content file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Relative path inside the archive.
+    pub path: String,
+    /// Uncompressed size.
+    pub size: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+}
+
+/// A declared template variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variable {
+    /// Identifier.
+    pub name: String,
+    /// `string`, `number`, `boolean`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Whether installing requires a value.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// Entry points of a desk pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeskEntry {
+    /// Template files.
+    pub templates: Vec<String>,
+    /// Variables the templates use.
+    pub variables: Vec<Variable>,
+}
+
+/// One agent role of an agent pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    /// Role name.
+    pub role: String,
+    /// Its prompt spec file.
+    pub prompt: String,
+}
+
+/// Path rules for an agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathPolicy {
+    /// Globs it may touch.
+    pub allow: Vec<String>,
+    /// Globs it may never touch.
+    pub deny: Vec<String>,
+}
+
+/// Policies of an agent pack.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policies {
+    /// Tool allowlist.
+    pub tools: Vec<String>,
+    /// Path allow/deny.
+    pub paths: PathPolicy,
+    /// Network allowlist.
+    pub network: Vec<String>,
+}
+
+/// Entry points of an agent pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEntry {
+    /// Agent roles.
+    pub agents: Vec<Agent>,
+    /// Their policies.
+    pub policies: Policies,
+}
+
+/// Entry points of a pipeline pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineEntry {
+    /// Pipeline definition files.
+    pub pipelines: Vec<String>,
+}
+
+fn invalid(msg: impl Into<String>) -> PackError {
+    PackError::ManifestInvalid(msg.into())
+}
+
+fn is_slug(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_domain(s: &str) -> bool {
+    let s = s.strip_prefix("*.").unwrap_or(s);
+    s.len() <= 253
+        && s.contains('.')
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+impl Manifest {
+    /// Parses manifest bytes, which must be canonical JSON.
+    ///
+    /// # Errors
+    /// `ERR_PACK_NON_CANONICAL_MANIFEST` or `ERR_PACK_MANIFEST_INVALID`.
+    pub fn parse(bytes: &[u8]) -> Result<Self, PackError> {
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("pack.json: {e}")))?;
+        if !builderos_canon::is_canonical(bytes) {
+            return Err(PackError::NonCanonicalManifest(
+                "pack.json must be canonical JSON (sorted keys, no whitespace, NFC strings)".into(),
+            ));
+        }
+        Ok(manifest)
+    }
+
+    /// The canonical bytes of this manifest (what `pack.json` holds and the signature covers).
+    ///
+    /// # Errors
+    /// Never in practice; serialization of these types can't fail.
+    pub fn to_canonical_bytes(&self) -> Result<Vec<u8>, PackError> {
+        builderos_canon::to_canonical_bytes(self).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Checks every field and the kind's schema.
+    ///
+    /// # Errors
+    /// `ERR_PACK_MANIFEST_INVALID` (or a path error) naming the first problem.
+    pub fn validate(&self, limits: &Limits) -> Result<(), PackError> {
+        if self.format != FORMAT {
+            return Err(invalid(format!(
+                "format {} is not supported (expected {FORMAT})",
+                self.format
+            )));
+        }
+        if !is_slug(&self.name) {
+            return Err(invalid("name: must be a lowercase slug (a-z, 0-9, dashes)"));
+        }
+        if !is_slug(&self.publisher) {
+            return Err(invalid("publisher: must be a lowercase slug"));
+        }
+        semver::Version::parse(&self.version)
+            .map_err(|e| invalid(format!("version: not semver: {e}")))?;
+        if self.description.trim().is_empty() || self.description.len() > 4096 {
+            return Err(invalid("description: 1-4096 bytes"));
+        }
+        for tool in &self.permissions.tools {
+            if !is_slug(&tool.replace(['_', '.', ':'], "-")) {
+                return Err(invalid(format!(
+                    "permissions.tools: `{tool}` is not a tool name"
+                )));
+            }
+        }
+        for domain in &self.permissions.network {
+            if !is_domain(domain) {
+                return Err(invalid(format!(
+                    "permissions.network: `{domain}` is not a domain"
+                )));
+            }
+        }
+        for secret in &self.permissions.secrets {
+            if secret.is_empty()
+                || !secret
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(invalid(format!(
+                    "permissions.secrets: `{secret}` is not a secret name (A-Z, 0-9, _)"
+                )));
+            }
+        }
+        for pair in self.files.windows(2) {
+            if pair[0].path >= pair[1].path {
+                return Err(invalid(format!(
+                    "files: not sorted by path, or duplicated, at `{}`",
+                    pair[1].path
+                )));
+            }
+        }
+        for file in &self.files {
+            paths::check(&file.path, limits)?;
+            if file.path == "pack.json" || file.path == "pack.sig" {
+                return Err(invalid(format!("files: `{}` is reserved", file.path)));
+            }
+            if file.sha256.len() != 64
+                || !file
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(invalid(format!(
+                    "files: `{}` has a malformed sha256",
+                    file.path
+                )));
+            }
+        }
+        let listed = |path: &str, field: &str| -> Result<(), PackError> {
+            if self.files.iter().any(|f| f.path == path) {
+                Ok(())
+            } else {
+                Err(invalid(format!("entry.{field}: `{path}` is not in files")))
+            }
+        };
+        let entry = |e: serde_json::Error| invalid(format!("entry: {e}"));
+        match self.kind {
+            Kind::Desk => {
+                let desk: DeskEntry = serde_json::from_value(self.entry.clone()).map_err(entry)?;
+                if desk.templates.is_empty() {
+                    return Err(invalid(
+                        "entry.templates: a desk pack needs at least one template",
+                    ));
+                }
+                desk.templates
+                    .iter()
+                    .try_for_each(|t| listed(t, "templates"))?;
+                for v in &desk.variables {
+                    if !matches!(v.ty.as_str(), "string" | "number" | "boolean")
+                        || !v
+                            .name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        || v.name.is_empty()
+                    {
+                        return Err(invalid(format!(
+                            "entry.variables: `{}` needs an identifier name and a type of string, number or boolean",
+                            v.name
+                        )));
+                    }
+                }
+            }
+            Kind::Agent => {
+                let agent: AgentEntry =
+                    serde_json::from_value(self.entry.clone()).map_err(entry)?;
+                if agent.agents.is_empty() {
+                    return Err(invalid(
+                        "entry.agents: an agent pack needs at least one agent",
+                    ));
+                }
+                for a in &agent.agents {
+                    if !is_slug(&a.role) {
+                        return Err(invalid(format!(
+                            "entry.agents: role `{}` is not a slug",
+                            a.role
+                        )));
+                    }
+                    listed(&a.prompt, "agents.prompt")?;
+                }
+                for domain in &agent.policies.network {
+                    if !self.permissions.network.contains(domain) {
+                        return Err(invalid(format!(
+                            "entry.policies.network: `{domain}` is not among permissions.network"
+                        )));
+                    }
+                }
+                for tool in &agent.policies.tools {
+                    if !self.permissions.tools.contains(tool) {
+                        return Err(invalid(format!(
+                            "entry.policies.tools: `{tool}` is not among permissions.tools"
+                        )));
+                    }
+                }
+            }
+            Kind::Pipeline => {
+                let pipeline: PipelineEntry =
+                    serde_json::from_value(self.entry.clone()).map_err(entry)?;
+                if pipeline.pipelines.is_empty() {
+                    return Err(invalid(
+                        "entry.pipelines: a pipeline pack needs at least one pipeline",
+                    ));
+                }
+                pipeline
+                    .pipelines
+                    .iter()
+                    .try_for_each(|p| listed(p, "pipelines"))?;
+            }
+        }
+        Ok(())
+    }
+}
