@@ -351,7 +351,8 @@ fn every_command_has_help() {
     }
 }
 
-/// `openapi --check` and `docs --check` pass on the committed files.
+/// `openapi --check` and `docs --check` pass on the committed files: the OpenAPI document and
+/// the generated reference pages (errors, permissions, pack errors) can't drift from the code.
 #[test]
 fn generated_files_are_current() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");

@@ -377,25 +377,6 @@ async fn openapi_matches_code_and_is_served() {
     assert!(res.text().await.expect("html").contains("<html"));
 }
 
-/// docs/errors.md and docs/permissions.md are generated from the code and must not drift.
-#[test]
-fn generated_docs_match_code() {
-    for (name, text) in [
-        ("errors.md", builderos_shared::error::render_markdown()),
-        (
-            "permissions.md",
-            builderos_api::permissions::render_markdown(),
-        ),
-    ] {
-        let path = format!("{}/../../docs/{name}", env!("CARGO_MANIFEST_DIR"));
-        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert!(
-            committed == text,
-            "docs/{name} is out of date: run `cargo run -p builderos -- docs` and commit it"
-        );
-    }
-}
-
 /// Each test gets its own database: what one writes, another doesn't see.
 #[tokio::test]
 async fn databases_are_isolated_per_test() {

@@ -179,6 +179,7 @@ pub fn docs(dir: &str, check: bool) -> Result<(), CommandError> {
             "permissions.md",
             builderos_api::permissions::render_markdown(),
         ),
+        ("pack-errors.md", builderos_packs::error::render_markdown()),
     ];
     for (name, text) in pages {
         write_or_check(&Path::new(dir).join(name), &text, check, "builderos docs")?;

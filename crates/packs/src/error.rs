@@ -121,3 +121,17 @@ impl From<std::io::Error> for PackError {
         PackError::Io(e.to_string())
     }
 }
+
+/// The code table as Markdown (`docs/pack-errors.md`).
+#[must_use]
+pub fn render_markdown() -> String {
+    let mut out = String::from(
+        "# Pack error codes\n\n<!-- Generated from crates/packs/src/error.rs by `builderos docs`; a test fails when it drifts. -->\n\n\
+         Every rejection of a pack names one of these codes (`builderos pack verify --json` prints it as `error.code`).\n\n\
+         | code | meaning |\n| --- | --- |\n",
+    );
+    for (code, meaning) in PackError::all_codes() {
+        out.push_str(&format!("| `{code}` | {} |\n", meaning.trim()));
+    }
+    out
+}
