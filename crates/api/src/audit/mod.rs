@@ -380,18 +380,16 @@ pub async fn record(
     event: Event,
 ) -> Result<(), sqlx::Error> {
     let chain = org.unwrap_or(PLATFORM_CHAIN);
-    sqlx::query(
-        "INSERT INTO audit_heads (chain_id, seq, hash) VALUES ($1, 0, $2) ON CONFLICT DO NOTHING",
+    // One round trip takes (or creates) the chain's head and locks it until commit: the
+    // no-op update makes the upsert lock an existing row and return it.
+    let (head_seq, head_hash): (i64, String) = sqlx::query_as(
+        "INSERT INTO audit_heads (chain_id, seq, hash) VALUES ($1, 0, $2) \
+         ON CONFLICT (chain_id) DO UPDATE SET seq = audit_heads.seq RETURNING seq, hash",
     )
     .bind(chain)
     .bind(GENESIS_HASH)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    let (head_seq, head_hash): (i64, String) =
-        sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE chain_id = $1 FOR UPDATE")
-            .bind(chain)
-            .fetch_one(&mut *conn)
-            .await?;
     let occurred_at = Utc::now().trunc_subsecs(6);
     let (actor_type, actor_id, actor_name) = match &ctx.actor {
         Actor::User { id, name } => ("user", Some(id.to_string()), Some(name.clone())),
@@ -422,11 +420,14 @@ pub async fn record(
         prev_hash: &head_hash,
     };
     let hash = fields.hash();
+    // A second round trip appends the event and moves the head: the lock is held for one
+    // statement plus the commit.
     sqlx::query(
-        "INSERT INTO audit_events (id, org_id, seq, occurred_at, actor_type, actor_id, actor_name, \
-         auth_method, action, target_type, target_id, outcome, request_id, client_addr, user_agent, \
-         detail, prev_hash, hash) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)",
+        "WITH event AS (INSERT INTO audit_events (id, org_id, seq, occurred_at, actor_type, actor_id, \
+         actor_name, auth_method, action, target_type, target_id, outcome, request_id, client_addr, \
+         user_agent, detail, prev_hash, hash) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)) \
+         UPDATE audit_heads SET seq = $3, hash = $18 WHERE chain_id = $19",
     )
     .bind(fields.id)
     .bind(org)
@@ -446,14 +447,9 @@ pub async fn record(
     .bind(&detail)
     .bind(&head_hash)
     .bind(&hash)
+    .bind(chain)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE chain_id = $1")
-        .bind(chain)
-        .bind(fields.seq)
-        .bind(&hash)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
