@@ -29,35 +29,67 @@ pub struct Entry {
     pub compressed: u64,
     /// Declared uncompressed size.
     pub size: u64,
-    /// Offset of its data.
+    /// General-purpose flags.
+    pub flags: u16,
+    /// Offset of its local header.
+    pub local_offset: u64,
+    /// Offset of its data (known once its local header is checked).
     pub data_offset: u64,
 }
 
+/// The central directory: entries in directory order, and where the directory starts.
+#[derive(Debug, Clone)]
+pub struct Central {
+    /// The entries, their local headers not yet checked.
+    pub entries: Vec<Entry>,
+    /// Offset of the central directory: the entries' data must end exactly here.
+    pub cd_offset: u64,
+}
+
+// Reads past the end yield 0 rather than panicking: hostile input decides where we look.
 fn u16_at(b: &[u8], i: usize) -> u16 {
-    u16::from_le_bytes([b[i], b[i + 1]])
+    b.get(i..i + 2)
+        .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]))
 }
 
 fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+    b.get(i..i + 4)
+        .map_or(0, |x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
 }
 
 fn mismatch(msg: impl Into<String>) -> PackError {
     PackError::HeaderMismatch(msg.into())
 }
 
+/// Moves to `target`. Short forward moves read through the gap instead of seeking, so a
+/// buffered reader keeps its buffer (a seek would discard it and refill from the new
+/// position for every small entry).
+///
+/// # Errors
+/// I/O errors.
+pub fn seek_to<R: Read + Seek>(r: &mut R, target: u64) -> Result<(), PackError> {
+    let current = r.stream_position()?;
+    if target >= current && target - current <= 64 * 1024 {
+        std::io::copy(&mut r.by_ref().take(target - current), &mut std::io::sink())?;
+    } else {
+        r.seek(SeekFrom::Start(target))?;
+    }
+    Ok(())
+}
+
 fn read_exact_at<R: Read + Seek>(r: &mut R, offset: u64, len: usize) -> Result<Vec<u8>, PackError> {
-    r.seek(SeekFrom::Start(offset))?;
+    seek_to(r, offset)?;
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf)
         .map_err(|_| mismatch(format!("truncated structure at offset {offset}")))?;
     Ok(buf)
 }
 
-/// Parses and checks the archive's structure; returns its entries in central-directory order.
+/// Parses and checks the end record and the central directory (not yet the local headers).
 ///
 /// # Errors
 /// The [`PackError`] of the first structural problem.
-pub fn read_entries<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Vec<Entry>, PackError> {
+pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Central, PackError> {
     let len = r.seek(SeekFrom::End(0))?;
     if len > limits.max_compressed {
         return Err(PackError::TooLarge(format!(
@@ -81,7 +113,8 @@ pub fn read_entries<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Vec<En
                 "no end-of-central-directory record".into(),
             )),
             Some(&p)
-                if u16_at(&tail, p + 20) > 0
+                if p + 22 <= tail.len()
+                    && u16_at(&tail, p + 20) > 0
                     && p + 22 + usize::from(u16_at(&tail, p + 20)) == tail.len() =>
             {
                 Err(PackError::Comment("the archive has a comment".into()))
@@ -277,89 +310,151 @@ pub fn read_entries<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Vec<En
                 limits.max_uncompressed
             )));
         }
-        // The local header must say the same.
-        let local = read_exact_at(r, local_offset, 30)?;
-        if u32_at(&local, 0) != LOCAL_SIG {
-            return Err(mismatch(format!(
-                "`{shown}`: no local header where the directory points"
-            )));
-        }
-        let (l_name_len, l_extra_len) = (
-            usize::from(u16_at(&local, 26)),
-            usize::from(u16_at(&local, 28)),
-        );
-        if u16_at(&local, 6) != flags
-            || u16_at(&local, 8) != method
-            || u32_at(&local, 14) != crc32
-            || u64::from(u32_at(&local, 18)) != compressed
-            || u64::from(u32_at(&local, 22)) != size
-            || l_name_len != name_len
-        {
-            return Err(mismatch(format!(
-                "`{shown}`: the local header disagrees with the central directory"
-            )));
-        }
-        let local_name = read_exact_at(r, local_offset + 30, l_name_len + l_extra_len)?;
-        if &local_name[..l_name_len] != name_bytes {
-            return Err(mismatch(format!(
-                "`{shown}`: the local header names another file"
-            )));
-        }
-        if has_zip64_extra(&local_name[l_name_len..]) {
-            return Err(PackError::Zip64(format!("`{shown}` uses ZIP64 fields")));
-        }
-        let data_offset =
-            local_offset + 30 + u64::try_from(l_name_len + l_extra_len).unwrap_or(u64::MAX);
-        entries.push((
+        entries.push(Entry {
+            name,
+            method,
+            crc32,
+            compressed,
+            size,
+            flags,
             local_offset,
-            Entry {
-                name,
-                method,
-                crc32,
-                compressed,
-                size,
-                data_offset,
-            },
-        ));
+            data_offset: 0,
+        });
     }
     if pos != cd.len() {
         return Err(mismatch("bytes left over in the central directory"));
     }
-    // Entries must tile the area before the central directory exactly: no gaps (hidden or
-    // prepended data) and no overlaps.
-    let mut by_offset: Vec<&(u64, Entry)> = entries.iter().collect();
-    by_offset.sort_by_key(|(offset, _)| *offset);
-    let mut expected = 0u64;
-    for (offset, entry) in by_offset {
-        if *offset < expected {
+    // Overlaps are visible from the directory alone: an entry needs at least its header,
+    // name and data before the next one starts.
+    let mut by_offset: Vec<&Entry> = entries.iter().collect();
+    by_offset.sort_by_key(|e| e.local_offset);
+    for pair in by_offset.windows(2) {
+        let least_end = pair[0].local_offset + 30 + pair[0].name.len() as u64 + pair[0].compressed;
+        if pair[1].local_offset < least_end {
             return Err(PackError::OverlappingEntries(format!(
-                "`{}` overlaps the entry before it",
-                entry.name.escape_debug()
+                "`{}` overlaps `{}`",
+                pair[1].name.escape_debug(),
+                pair[0].name.escape_debug()
             )));
         }
-        if *offset > expected {
-            return Err(if expected == 0 {
-                PackError::PrependedData(format!("{offset} bytes before the first entry"))
-            } else {
-                PackError::TrailingData(format!(
-                    "unclaimed bytes before `{}`",
-                    entry.name.escape_debug()
-                ))
-            });
-        }
-        expected = entry.data_offset + entry.compressed;
     }
-    if expected > cd_offset {
+    if let Some(last) = by_offset.last()
+        && last.local_offset + 30 + last.name.len() as u64 + last.compressed > cd_offset
+    {
         return Err(PackError::OverlappingEntries(
             "the last entry overlaps the central directory".into(),
         ));
     }
-    if expected < cd_offset {
-        return Err(PackError::TrailingData(
-            "unclaimed bytes before the central directory".into(),
-        ));
+    Ok(Central { entries, cd_offset })
+}
+
+/// Checks an entry's local header against its directory entry and records where its data
+/// starts.
+///
+/// # Errors
+/// `ERR_PACK_HEADER_MISMATCH` or `ERR_PACK_ZIP64`.
+pub fn check_local<R: Read + Seek>(r: &mut R, entry: &mut Entry) -> Result<(), PackError> {
+    let shown = entry.name.escape_debug().to_string();
+    let local = read_exact_at(r, entry.local_offset, 30)?;
+    if u32_at(&local, 0) != LOCAL_SIG {
+        return Err(mismatch(format!(
+            "`{shown}`: no local header where the directory points"
+        )));
     }
-    Ok(entries.into_iter().map(|(_, e)| e).collect())
+    let (name_len, extra_len) = (
+        usize::from(u16_at(&local, 26)),
+        usize::from(u16_at(&local, 28)),
+    );
+    if u16_at(&local, 6) != entry.flags
+        || u16_at(&local, 8) != entry.method
+        || u32_at(&local, 14) != entry.crc32
+        || u64::from(u32_at(&local, 18)) != entry.compressed
+        || u64::from(u32_at(&local, 22)) != entry.size
+        || name_len != entry.name.len()
+    {
+        return Err(mismatch(format!(
+            "`{shown}`: the local header disagrees with the central directory"
+        )));
+    }
+    let mut rest = vec![0u8; name_len + extra_len];
+    r.read_exact(&mut rest)
+        .map_err(|_| mismatch(format!("`{shown}`: truncated local header")))?;
+    if &rest[..name_len] != entry.name.as_bytes() {
+        return Err(mismatch(format!(
+            "`{shown}`: the local header names another file"
+        )));
+    }
+    if has_zip64_extra(&rest[name_len..]) {
+        return Err(PackError::Zip64(format!("`{shown}` uses ZIP64 fields")));
+    }
+    entry.data_offset =
+        entry.local_offset + 30 + u64::try_from(name_len + extra_len).unwrap_or(u64::MAX);
+    Ok(())
+}
+
+/// Checks that an entry starts exactly where the previous one ended (`expected`): no gaps
+/// (hidden or prepended data) and no overlaps. Returns where the next must start.
+///
+/// # Errors
+/// `ERR_PACK_OVERLAPPING_ENTRIES`, `ERR_PACK_PREPENDED_DATA` or `ERR_PACK_TRAILING_DATA`.
+pub fn check_tiling(entry: &Entry, expected: u64) -> Result<u64, PackError> {
+    if entry.local_offset < expected {
+        return Err(PackError::OverlappingEntries(format!(
+            "`{}` overlaps the entry before it",
+            entry.name.escape_debug()
+        )));
+    }
+    if entry.local_offset > expected {
+        return Err(if expected == 0 {
+            PackError::PrependedData(format!(
+                "{} bytes before the first entry",
+                entry.local_offset
+            ))
+        } else {
+            PackError::TrailingData(format!(
+                "unclaimed bytes before `{}`",
+                entry.name.escape_debug()
+            ))
+        });
+    }
+    Ok(entry.data_offset + entry.compressed)
+}
+
+/// Checks that the last entry ends exactly where the central directory starts.
+///
+/// # Errors
+/// `ERR_PACK_OVERLAPPING_ENTRIES` or `ERR_PACK_TRAILING_DATA`.
+pub fn check_end(expected: u64, cd_offset: u64) -> Result<(), PackError> {
+    match expected.cmp(&cd_offset) {
+        std::cmp::Ordering::Greater => Err(PackError::OverlappingEntries(
+            "the last entry overlaps the central directory".into(),
+        )),
+        std::cmp::Ordering::Less => Err(PackError::TrailingData(
+            "unclaimed bytes before the central directory".into(),
+        )),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
+}
+
+/// The whole structural check: the directory, every local header, and the tiling. Returns the
+/// entries in directory order.
+///
+/// # Errors
+/// The [`PackError`] of the first structural problem.
+pub fn read_entries<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Vec<Entry>, PackError> {
+    let Central {
+        mut entries,
+        cd_offset,
+    } = read_central(r, limits)?;
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| entries[i].local_offset);
+    let mut expected = 0;
+    for i in order {
+        check_local(r, &mut entries[i])?;
+        expected = check_tiling(&entries[i], expected)?;
+    }
+    check_end(expected, cd_offset)?;
+    Ok(entries)
 }
 
 fn has_zip64_extra(extra: &[u8]) -> bool {

@@ -1,8 +1,9 @@
 //! Verification: the archive's structure, the manifest and its signature, and every file
 //! against the manifest — streaming, with bounded memory whatever the pack's size.
 
+use std::collections::HashMap;
 use std::collections::HashSet;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, Write};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -60,7 +61,7 @@ pub fn stream_entry<R: Read + Seek>(
     limit: u64,
     sink: &mut dyn Write,
 ) -> Result<(String, u64), PackError> {
-    r.seek(SeekFrom::Start(entry.data_offset))?;
+    archive::seek_to(r, entry.data_offset)?;
     let raw = r.take(entry.compressed);
     let mut reader: Box<dyn Read + '_> = match entry.method {
         0 => Box::new(raw),
@@ -69,7 +70,13 @@ pub fn stream_entry<R: Read + Seek>(
     let mut sha = Sha256::new();
     let mut crc = crc32fast::Hasher::new();
     let mut total: u64 = 0;
-    let mut buf = vec![0u8; CHUNK];
+    // Small entries get a small buffer: zeroing 64 KiB per 1 KiB file would dominate.
+    let mut buf = vec![
+        0u8;
+        usize::try_from(entry.size.saturating_add(1))
+            .unwrap_or(CHUNK)
+            .clamp(512, CHUNK)
+    ];
     let cap = limit.min(entry.size);
     loop {
         let n = reader
@@ -142,19 +149,40 @@ pub fn verify_with_progress<R: Read + Seek>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifiedPack, PackError> {
     let limits = &options.limits;
-    let entries = archive::read_entries(reader, limits)?;
-    let manifest_entry = entries
-        .iter()
-        .find(|e| e.name == "pack.json")
-        .ok_or_else(|| PackError::ManifestMissing("no pack.json".into()))?;
-    let sig_entry = entries
-        .iter()
-        .find(|e| e.name == "pack.sig")
-        .ok_or_else(|| PackError::SignatureMissing("no pack.sig".into()))?;
-    let manifest_bytes = read_small(reader, manifest_entry, MAX_MANIFEST_BYTES)?;
-    let sig_bytes = read_small(reader, sig_entry, MAX_SIGNATURE_BYTES)?;
+    // One forward pass over the archive: each local header is checked where it stands, the
+    // entries must tile the file, the two pack files are kept, every other entry is hashed.
+    // Nothing is interpreted before the signature is checked below.
+    let archive::Central {
+        mut entries,
+        cd_offset,
+    } = archive::read_central(reader, limits)?;
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| entries[i].local_offset);
+    let mut expected = 0;
+    let (mut manifest_bytes, mut sig_bytes) = (None, None);
+    let mut hashes: HashMap<String, (String, u64)> = HashMap::with_capacity(entries.len());
+    let mut done = 0u64;
+    for i in order {
+        archive::check_local(reader, &mut entries[i])?;
+        expected = archive::check_tiling(&entries[i], expected)?;
+        let entry = &entries[i];
+        match entry.name.as_str() {
+            "pack.json" => manifest_bytes = Some(read_small(reader, entry, MAX_MANIFEST_BYTES)?),
+            "pack.sig" => sig_bytes = Some(read_small(reader, entry, MAX_SIGNATURE_BYTES)?),
+            name => {
+                let (sha, size) =
+                    stream_entry(reader, entry, limits.max_entry, &mut std::io::sink())?;
+                done += size;
+                progress(done);
+                hashes.insert(name.to_owned(), (sha, size));
+            }
+        }
+    }
+    archive::check_end(expected, cd_offset)?;
+    let manifest_bytes =
+        manifest_bytes.ok_or_else(|| PackError::ManifestMissing("no pack.json".into()))?;
+    let sig_bytes = sig_bytes.ok_or_else(|| PackError::SignatureMissing("no pack.sig".into()))?;
     let manifest = Manifest::parse(&manifest_bytes)?;
-    // The signature first: nothing unsigned is interpreted beyond parsing.
     let key = sign::verify(&sig_bytes, &manifest_bytes, keys, options.at)?;
     if let Some(publisher) = &key.publisher
         && *publisher != manifest.publisher
@@ -167,11 +195,6 @@ pub fn verify_with_progress<R: Read + Seek>(
     manifest.validate(limits)?;
 
     let listed: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
-    let present: HashSet<&str> = entries
-        .iter()
-        .map(|e| e.name.as_str())
-        .filter(|n| *n != "pack.json" && *n != "pack.sig")
-        .collect();
     if let Some(extra) = entries
         .iter()
         .map(|e| e.name.as_str())
@@ -182,36 +205,25 @@ pub fn verify_with_progress<R: Read + Seek>(
             extra.escape_debug()
         )));
     }
-    if let Some(missing) = manifest
-        .files
-        .iter()
-        .find(|f| !present.contains(f.path.as_str()))
-    {
-        return Err(PackError::FileMissing(format!(
-            "`{}` is listed but not in the archive",
-            missing.path
-        )));
-    }
-    let mut done = 0u64;
     for file in &manifest.files {
-        let Some(entry) = entries.iter().find(|e| e.name == file.path) else {
-            continue;
+        let Some((sha, size)) = hashes.get(&file.path) else {
+            return Err(PackError::FileMissing(format!(
+                "`{}` is listed but not in the archive",
+                file.path
+            )));
         };
-        if entry.size != file.size {
+        if *size != file.size {
             return Err(PackError::SizeMismatch(format!(
-                "`{}`: {} bytes in the archive, {} in the manifest",
-                file.path, entry.size, file.size
+                "`{}`: {size} bytes in the archive, {} in the manifest",
+                file.path, file.size
             )));
         }
-        let (sha, size) = stream_entry(reader, entry, limits.max_entry, &mut std::io::sink())?;
-        if sha != file.sha256 {
+        if *sha != file.sha256 {
             return Err(PackError::HashMismatch(format!(
                 "`{}` does not match its SHA-256",
                 file.path
             )));
         }
-        done += size;
-        progress(done);
     }
     let manifest_sha256 = hex::encode(Sha256::digest(&manifest_bytes));
     Ok(VerifiedPack {

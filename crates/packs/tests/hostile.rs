@@ -213,7 +213,7 @@ fn structural_tricks() {
     let bytes = zip(&[a.clone(), b.clone()], Some(vec![0, 0]), b"");
     assert_eq!(
         code(&bytes),
-        "ERR_PACK_HEADER_MISMATCH",
+        "ERR_PACK_OVERLAPPING_ENTRIES",
         "two directory entries, one local header"
     );
     // `a` claims more compressed bytes than it has, reaching into `b`.
