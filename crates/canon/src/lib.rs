@@ -80,6 +80,17 @@ pub fn canonical_sha256_hex<T: Serialize + ?Sized>(value: &T) -> Result<String, 
     Ok(sha256_hex(&to_canonical_bytes(value)?))
 }
 
+/// Appends the canonical form of a string (NFC, JSON-escaped, quoted) to `out`; for writers
+/// that emit canonical JSON field by field instead of building a `Value`.
+pub fn write_canonical_str(s: &str, out: &mut Vec<u8>) {
+    write_string(s, out);
+}
+
+/// Appends the canonical form of `value` to `out`.
+pub fn write_canonical_value(value: &Value, out: &mut Vec<u8>) {
+    write_value(value, out);
+}
+
 fn write_value(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Null => out.extend_from_slice(b"null"),

@@ -86,14 +86,23 @@ pub const BATCH: i64 = 5000;
 pub async fn verify_org(pool: &PgPool, org: Uuid) -> Result<Report, sqlx::Error> {
     let mut verifier = ChainVerifier::complete(anchor(pool, org).await?);
     // Walk from the very start: events at or below the anchor that should have been pruned
-    // show up as breaks too.
-    let mut after = 0;
-    loop {
-        let events = page_asc(pool, org, after, BATCH).await?;
+    // show up as breaks too. The next page is fetched while this one is hashed.
+    let fetch = |after: i64| {
+        let pool = pool.clone();
+        tokio::spawn(async move { page_asc(&pool, org, after, BATCH).await })
+    };
+    let mut next = Some(fetch(0));
+    while let Some(pending) = next.take() {
+        let events = pending
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("page fetch task failed: {e}")))??;
         let Some(last) = events.last() else { break };
-        after = last.seq;
+        let full = i64::try_from(events.len()).unwrap_or(0) == BATCH;
+        if full {
+            next = Some(fetch(last.seq));
+        }
         events.iter().for_each(|e| verifier.push(e));
-        if i64::try_from(events.len()).unwrap_or(0) < BATCH {
+        if !full {
             break;
         }
     }
