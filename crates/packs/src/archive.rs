@@ -225,7 +225,7 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
         let name = std::str::from_utf8(name_bytes)
             .map_err(|_| PackError::BadPath("an entry name is not UTF-8".into()))?
             .to_owned();
-        let shown = name.escape_debug().to_string();
+        let shown = name.escape_debug();
         if compressed == 0xFFFF_FFFF
             || size == 0xFFFF_FFFF
             || local_offset == 0xFFFF_FFFF
@@ -354,7 +354,7 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
 /// # Errors
 /// `ERR_PACK_HEADER_MISMATCH` or `ERR_PACK_ZIP64`.
 pub fn check_local<R: Read + Seek>(r: &mut R, entry: &mut Entry) -> Result<(), PackError> {
-    let shown = entry.name.escape_debug().to_string();
+    let shown = entry.name.escape_debug();
     let local = read_exact_at(r, entry.local_offset, 30)?;
     if u32_at(&local, 0) != LOCAL_SIG {
         return Err(mismatch(format!(

@@ -11,7 +11,7 @@ use crate::limits::Limits;
 /// # Errors
 /// The [`PackError`] naming the first rule broken.
 pub fn check(name: &str, limits: &Limits) -> Result<(), PackError> {
-    let shown = name.escape_debug().to_string();
+    let shown = name.escape_debug();
     if name.is_empty() {
         return Err(PackError::BadPath("empty entry name".into()));
     }
