@@ -320,5 +320,161 @@ fn main() {
             let with = (requests_per_second(&app, "/with", targets, secs).await + requests_per_second(&app, "/with", targets, secs).await) / 2.0;
             println!("    {name:<38} without {without:>6.0} req/s, with {with:>6.0} req/s: overhead {:>5.1} %   (target <= 15 %)", 100.0 * (1.0 - with / without));
         }
+        drop(app);
+        real_endpoint_overhead(secs).await;
     });
+}
+
+/// The real `PATCH /v1/orgs/{org}/projects/{project}` (authenticated, authorized, audited)
+/// against a route doing exactly its work minus the audit write.
+async fn real_endpoint_overhead(secs: Duration) {
+    use builderos_api::AppState;
+    use builderos_api::auth::Auth;
+    use builderos_api::permissions::Permission;
+    use builderos_shared::http::{ApiError, Json};
+
+    async fn rename_without_audit(
+        State(state): State<AppState>,
+        auth: Auth,
+        Path((org, project)): Path<(Uuid, Uuid)>,
+        Json(body): Json<serde_json::Value>,
+    ) -> Result<Json<serde_json::Value>, ApiError> {
+        auth.authorize(&state, org, Permission::ProjectsWrite)
+            .await?;
+        let name = body["name"].as_str().unwrap_or("x").to_owned();
+        let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
+        // The handler's statements: load the project, update it, load it again.
+        for step in 0..2 {
+            let _: (Uuid, String) =
+                sqlx::query_as("SELECT id, name FROM projects WHERE id = $1 AND org_id = $2")
+                    .bind(project)
+                    .bind(org)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let _: Vec<(Uuid, String)> = sqlx::query_as(
+                "SELECT id, name FROM environments WHERE project_id = $1 ORDER BY created_at, id",
+            )
+            .bind(project)
+            .fetch_all(&mut *tx)
+            .await?;
+            if step == 0 {
+                sqlx::query("UPDATE projects SET name = $2 WHERE id = $1")
+                    .bind(project)
+                    .bind(&name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Json(serde_json::json!({"id": project, "name": name})))
+    }
+
+    let db = TestDb::new().await;
+    let pool = db.app_pool();
+    let config = builderos_test_support::test_config();
+    let app = TestApp::spawn_router(db, pool.clone(), move |limit| {
+        let state = AppState::new(&config, pool).expect("state");
+        let bench = Router::new()
+            .route(
+                "/bench/orgs/{org}/projects/{project}",
+                axum::routing::patch(rename_without_audit),
+            )
+            .with_state(state.clone());
+        builderos_shared::http::finish(builderos_api::router(state).merge(bench), "bench", limit)
+    })
+    .await;
+    let owner = app.signup("bench@example.com").await;
+    let one_org = app.create_org(&owner, "one").await;
+    let mut same_org = Vec::new();
+    let mut many_orgs = Vec::new();
+    for i in 0..16 {
+        let (_, p) = app
+            .post_as(
+                &format!("/v1/orgs/{one_org}/projects"),
+                Some(&owner.access),
+                serde_json::json!({"slug": format!("p{i}"), "name": "P"}),
+            )
+            .await;
+        same_org.push((
+            one_org.clone(),
+            p["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("project: {p}"))
+                .to_owned(),
+        ));
+        let org = app.create_org(&owner, &format!("org{i}")).await;
+        let (_, p) = app
+            .post_as(
+                &format!("/v1/orgs/{org}/projects"),
+                Some(&owner.access),
+                serde_json::json!({"slug": "pp", "name": "P"}),
+            )
+            .await;
+        many_orgs.push((org, p["id"].as_str().expect("id").to_owned()));
+    }
+    async fn rate(
+        app: &TestApp,
+        prefix: &str,
+        token: &str,
+        targets: &[(String, String)],
+        duration: Duration,
+    ) -> f64 {
+        let deadline = Instant::now() + duration;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for (org, project) in targets {
+            let (client, url, token) = (
+                app.client.clone(),
+                app.url(&format!("{prefix}/orgs/{org}/projects/{project}")),
+                token.to_owned(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let res = client
+                        .patch(&url)
+                        .bearer_auth(&token)
+                        .json(&serde_json::json!({"name": "Renamed"}))
+                        .send()
+                        .await;
+                    assert!(res.is_ok_and(|r| r.status().is_success()), "rename failed");
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("task");
+        }
+        total as f64 / started.elapsed().as_secs_f64()
+    }
+    rate(
+        &app,
+        "/bench",
+        &owner.access,
+        &same_org,
+        Duration::from_secs(1),
+    )
+    .await;
+    println!(
+        "  audit write overhead on the real PATCH /v1/orgs/{{org}}/projects/{{project}} (session auth, RLS, 2 reads + update):"
+    );
+    let one = same_org[..1].to_vec();
+    for (name, targets) in [
+        ("16 connections, one org (one chain)", &same_org),
+        ("16 connections, 16 orgs", &many_orgs),
+        ("1 connection", &one),
+    ] {
+        let without = (rate(&app, "/bench", &owner.access, targets, secs).await
+            + rate(&app, "/bench", &owner.access, targets, secs).await)
+            / 2.0;
+        let with = (rate(&app, "/v1", &owner.access, targets, secs).await
+            + rate(&app, "/v1", &owner.access, targets, secs).await)
+            / 2.0;
+        println!(
+            "    {name:<38} without {without:>6.0} req/s, with {with:>6.0} req/s: overhead {:>5.1} %   (target <= 15 %)",
+            100.0 * (1.0 - with / without)
+        );
+    }
 }
