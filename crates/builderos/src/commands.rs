@@ -104,20 +104,36 @@ async fn dev_serve(config: &Config, app_url: &str, owner_url: &str) -> Result<()
     println!(
         "BuilderOS is running at http://{addr} (API docs: http://{addr}/docs; operator: http://{addr}/operator/health). Ctrl-C stops it."
     );
+    serve_until_signal(listener, app, pool, Some(mailer)).await
+}
+
+/// Serves until Ctrl-C/SIGTERM, then stops the mailer (if any) and closes the pool.
+async fn serve_until_signal(
+    listener: TcpListener,
+    app: axum::Router,
+    pool: sqlx::PgPool,
+    mailer: Option<tokio_util::sync::CancellationToken>,
+) -> Result<(), CommandError> {
     let served = http::serve(listener, app, http::shutdown_signal())
         .await
         .map_err(CommandError::Serve);
-    mailer.cancel();
+    if let Some(mailer) = mailer {
+        mailer.cancel();
+    }
     pool.close().await;
     served
+}
+
+/// The app role's pool from `BR_OS_DB_URL` (required by `serve` and `operator`).
+fn app_pool(config: &Config) -> Result<sqlx::PgPool, CommandError> {
+    let url = config.require_db_url()?;
+    db::connect_lazy(url.expose(), config.db_max_connections).map_err(CommandError::DatabaseUrl)
 }
 
 /// `builderos serve`: the API.
 pub async fn serve(config: &Config) -> Result<(), CommandError> {
     config.log_resolved("serve");
-    let url = config.require_db_url()?;
-    let pool = db::connect_lazy(url.expose(), config.db_max_connections)
-        .map_err(CommandError::DatabaseUrl)?;
+    let pool = app_pool(config)?;
     let app = builderos_api::app(
         builderos_api::AppState::new(config, pool.clone())?,
         config.body_limit_bytes,
@@ -125,31 +141,20 @@ pub async fn serve(config: &Config) -> Result<(), CommandError> {
     let mailer = start_mailer(config, &pool)?;
     let listener = bind(config.http_addr).await?;
     tracing::info!(addr = %config.http_addr, "API listening");
-    let served = http::serve(listener, app, http::shutdown_signal())
-        .await
-        .map_err(CommandError::Serve);
-    mailer.cancel();
-    pool.close().await;
-    served
+    serve_until_signal(listener, app, pool, Some(mailer)).await
 }
 
 /// `builderos operator`: the operator's control server (and, with the operator issue, its workers).
 pub async fn operator(config: &Config) -> Result<(), CommandError> {
     config.log_resolved("operator");
-    let url = config.require_db_url()?;
-    let pool = db::connect_lazy(url.expose(), config.db_max_connections)
-        .map_err(CommandError::DatabaseUrl)?;
+    let pool = app_pool(config)?;
     let app = builderos_operator::app(
         builderos_operator::OperatorState::new(config, pool.clone()),
         config.body_limit_bytes,
     );
     let listener = bind(config.operator_addr).await?;
     tracing::info!(addr = %config.operator_addr, "operator control server listening");
-    http::serve(listener, app, http::shutdown_signal())
-        .await
-        .map_err(CommandError::Serve)?;
-    pool.close().await;
-    Ok(())
+    serve_until_signal(listener, app, pool, None).await
 }
 
 /// `builderos migrate`.
