@@ -20,35 +20,6 @@ async fn events(
         .expect("events")
 }
 
-async fn member(app: &TestApp, owner: &Session, org: &str, email: &str, role: &str) -> Session {
-    app.post_as(
-        &format!("/v1/orgs/{org}/invitations"),
-        Some(&owner.access),
-        json!({"email": email, "role": role}),
-    )
-    .await;
-    let body: String = sqlx::query_scalar("SELECT body FROM mail_outbox WHERE to_address = $1")
-        .bind(email)
-        .fetch_one(&app.superuser_pool())
-        .await
-        .expect("mail");
-    let token = body
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .find(|w| w.starts_with("bosi_"))
-        .expect("token")
-        .to_owned();
-    let user = app.signup(email).await;
-    let (s, b) = app
-        .post_as(
-            "/v1/invitations/accept",
-            Some(&user.access),
-            json!({"token": token}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    user
-}
-
 /// Every mutating endpoint writes exactly one event with the expected action and target, in
 /// the org's chain; denied attempts are recorded as `denied`.
 #[tokio::test]
@@ -64,7 +35,7 @@ async fn every_change_writes_exactly_one_event() {
             .as_deref(),
         Some("org.create")
     );
-    let viewer = member(&app, &alice, &org, "vic@example.com", "viewer").await;
+    let viewer = app.member(&alice, &org, "vic@example.com", "viewer").await;
     let o = format!("/v1/orgs/{org}");
 
     let (_, p) = app
@@ -177,6 +148,84 @@ async fn every_change_writes_exactly_one_event() {
             viewer.user_id.clone(),
         ),
         (
+            Method::POST,
+            format!("{o}/prompts"),
+            Some(json!({"name": "greet", "description": "Greets"})),
+            "prompt.create",
+            "prompt",
+            String::new(),
+        ),
+        (
+            Method::PATCH,
+            format!("{o}/prompts/greet"),
+            Some(json!({"tags": ["hello"]})),
+            "prompt.update",
+            "prompt",
+            String::new(),
+        ),
+        (
+            Method::POST,
+            format!("{o}/prompts/greet/versions"),
+            Some(
+                json!({"version": "1.0.0", "changelog": "First", "spec": "template: 'Hello {{ who }}'\nvariables:\n  who: {type: string}\n"}),
+            ),
+            "prompt.version.publish",
+            "prompt",
+            String::new(),
+        ),
+        (
+            Method::PUT,
+            format!("{o}/prompts/greet/labels/production"),
+            Some(json!({"version": "1.0.0"})),
+            "prompt.label.move",
+            "prompt",
+            String::new(),
+        ),
+        (
+            Method::PUT,
+            format!("{o}/prompts/greet/labels/staging"),
+            Some(json!({"version": "1.0.0"})),
+            "prompt.label.move",
+            "prompt",
+            String::new(),
+        ),
+        (
+            Method::DELETE,
+            format!("{o}/prompts/greet/labels/staging"),
+            None,
+            "prompt.label.remove",
+            "prompt",
+            String::new(),
+        ),
+        (
+            Method::POST,
+            format!("{o}/prompts/greet/eval-cases"),
+            Some(
+                json!({"name": "polite", "inputs": {"who": "Ann"}, "expect": [{"contains": "Hello"}]}),
+            ),
+            "prompt.eval_case.create",
+            "prompt",
+            String::new(),
+        ),
+        (
+            Method::POST,
+            format!("{o}/prompts/greet/eval-runs"),
+            Some(
+                json!({"version": "1.0.0", "results": [{"case": "polite", "output": "Hello Ann"}]}),
+            ),
+            "prompt.eval.record",
+            "prompt",
+            String::new(),
+        ),
+        (
+            Method::DELETE,
+            format!("{o}/prompts/greet/eval-cases/polite"),
+            None,
+            "prompt.eval_case.delete",
+            "prompt",
+            String::new(),
+        ),
+        (
             Method::PUT,
             format!("{o}/audit/settings"),
             Some(json!({"retention_days": 365})),
@@ -228,7 +277,7 @@ async fn every_change_writes_exactly_one_event() {
     }
 
     // A denied attempt is one `denied` event; nothing else changes.
-    let bob = member(&app, &alice, &org, "bob@example.com", "builder").await;
+    let bob = app.member(&alice, &org, "bob@example.com", "builder").await;
     let before = events(&app, &org).await.len();
     let (status, _) = app
         .post_as(
@@ -282,7 +331,7 @@ async fn trail() -> Trail {
         )
         .await;
     }
-    let viewer = member(&app, &alice, &org, "vic@example.com", "viewer").await;
+    let viewer = app.member(&alice, &org, "vic@example.com", "viewer").await;
     // Two denied attempts by the viewer.
     for i in 0..2 {
         let (s, _) = app

@@ -108,28 +108,7 @@ impl World {
 
     async fn member(&self, role: &str) -> Session {
         let email = format!("m{}@example.com", self.next());
-        self.invite(&email, role).await;
-        let mail: String = sqlx::query_scalar("SELECT body FROM mail_outbox WHERE to_address = $1")
-            .bind(&email)
-            .fetch_one(&self.app.superuser_pool())
-            .await
-            .expect("mail");
-        let token = mail
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .find(|w| w.starts_with("bosi_"))
-            .expect("token")
-            .to_owned();
-        let user = self.app.signup(&email).await;
-        let (s, body) = self
-            .app
-            .post_as(
-                "/v1/invitations/accept",
-                Some(&user.access),
-                json!({"token": token}),
-            )
-            .await;
-        assert_eq!(s, 200, "{body}");
-        user
+        self.app.member(&self.owner, &self.org, &email, role).await
     }
 
     async fn token(&self, permissions: &[Permission]) -> String {

@@ -90,6 +90,34 @@ pub fn display_name(field: &str, raw: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The message for a cursor this server did not make.
+pub const BAD_CURSOR: &str = "cursor: not a cursor returned by this endpoint";
+
+/// An opaque pagination cursor carrying `key`, bound to the org it came from.
+#[must_use]
+pub fn encode_cursor(org: uuid::Uuid, key: impl std::fmt::Display) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{org}:{key}"))
+}
+
+/// The key of a cursor made by [`encode_cursor`] for `org`.
+///
+/// # Errors
+/// [`BAD_CURSOR`] when it is malformed or belongs to another org.
+pub fn decode_cursor(org: uuid::Uuid, cursor: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    let bad = || BAD_CURSOR.to_owned();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (o, key) = text.split_once(':').ok_or_else(bad)?;
+    if o != org.to_string() {
+        return Err(bad());
+    }
+    Ok(key.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,8 @@
 //! - [`auth`]: extractors, authorization, secrets, passwords, JWTs, throttling.
 //! - [`sessions`]: sign-in sessions and refresh-token rotation.
 //! - [`audit`]: the one audit writer.
-//! - [`domain`]: validated values (emails, slugs, names).
+//! - [`domain`]: validated values (emails, slugs, names), pagination cursors.
+//! - [`prompts`]: the shared prompt registry (specs, versions, labels, diffs, bundles, evals).
 //! - `routes/`: one module per resource, each with its `router()`.
 
 pub mod audit;
@@ -20,6 +21,7 @@ pub mod mail;
 pub mod mailer;
 pub mod oidc;
 pub mod permissions;
+pub mod prompts;
 mod routes;
 pub mod sessions;
 
@@ -50,6 +52,8 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// OAuth2/OIDC sign-in providers.
     pub oauth: Arc<oidc::OAuth>,
+    /// Size caps of the prompt registry.
+    pub prompt_limits: prompts::Limits,
 }
 
 /// The JWT issuer every access token names.
@@ -81,6 +85,10 @@ impl AppState {
             keys: Arc::new(keys),
             public_url: Arc::from(config.public_url.as_str()),
             oauth: Arc::new(oauth),
+            prompt_limits: prompts::Limits {
+                max_spec_bytes: config.prompt_max_spec_bytes,
+                max_bundle_bytes: config.prompt_max_bundle_bytes,
+            },
         })
     }
 }
@@ -108,6 +116,9 @@ impl FromRef<AppState> for ControlState {
         (name = "projects", description = "Projects and their environments"),
         (name = "tokens", description = "API tokens for machines"),
         (name = "audit", description = "The audit trail: query, export, verify, retention"),
+        (name = "prompts", description = "The shared prompt registry: prompts, versions, labels, fetch, diff"),
+        (name = "prompt evals", description = "Eval cases, recorded results and regressions between versions"),
+        (name = "prompt bundles", description = "promptpack.zip export and import"),
     )
 )]
 struct ApiDoc;

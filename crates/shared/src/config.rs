@@ -259,6 +259,11 @@ pub struct Config {
     pub operator_default_timeout: Duration,
     /// `BR_OS_BODY_LIMIT_BYTES`: the largest request body accepted (default 1 MiB).
     pub body_limit_bytes: usize,
+    /// `BR_OS_PROMPT_MAX_SPEC_BYTES`: the largest prompt spec (YAML) accepted (default 64 KiB).
+    pub prompt_max_spec_bytes: usize,
+    /// `BR_OS_PROMPT_MAX_BUNDLE_BYTES`: the largest prompt bundle accepted for import
+    /// (default 16 MiB).
+    pub prompt_max_bundle_bytes: usize,
     /// `BR_OS_PUBLIC_URL`: the platform's external base URL, used in links sent by mail
     /// (default `http://<BR_OS_HTTP_ADDR>`).
     pub public_url: String,
@@ -411,6 +416,22 @@ impl Config {
                 1024 * 1024,
                 1024,
                 u32::MAX,
+            )?)
+            .unwrap_or(usize::MAX),
+            prompt_max_spec_bytes: usize::try_from(parse_num(
+                &get,
+                "BR_OS_PROMPT_MAX_SPEC_BYTES",
+                64 * 1024,
+                1024,
+                16 * 1024 * 1024,
+            )?)
+            .unwrap_or(usize::MAX),
+            prompt_max_bundle_bytes: usize::try_from(parse_num(
+                &get,
+                "BR_OS_PROMPT_MAX_BUNDLE_BYTES",
+                16 * 1024 * 1024,
+                1024,
+                1024 * 1024 * 1024,
             )?)
             .unwrap_or(usize::MAX),
             log_filter: get("BR_OS_LOG").unwrap_or_else(|| "info".to_owned()),

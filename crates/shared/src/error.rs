@@ -61,6 +61,36 @@ error_codes! {
     UnsupportedMediaType => ("ERR_UNSUPPORTED_MEDIA_TYPE", 415),
     /// Too many attempts; retry after the number of seconds in `Retry-After`.
     RateLimited => ("ERR_RATE_LIMITED", 429),
+    /// A prompt version must be a semver (`MAJOR.MINOR.PATCH`, optionally `-pre`).
+    VersionInvalid => ("ERR_VERSION_INVALID", 400),
+    /// A published version must be strictly greater than every earlier version of the prompt.
+    VersionNotGreater => ("ERR_VERSION_NOT_GREATER", 409),
+    /// Publishing a version needs a non-empty changelog entry.
+    ChangelogRequired => ("ERR_CHANGELOG_REQUIRED", 400),
+    /// The prompt spec is not well-formed YAML (the message names the line and column).
+    SpecYaml => ("ERR_SPEC_YAML", 422),
+    /// The prompt spec is YAML but breaks the spec schema (the message names the line and field).
+    SpecInvalid => ("ERR_SPEC_INVALID", 422),
+    /// The template uses a variable the spec does not declare (the message names the line).
+    SpecUndeclaredVariable => ("ERR_SPEC_UNDECLARED_VARIABLE", 422),
+    /// The prompt spec exceeds the configured size cap.
+    SpecTooLarge => ("ERR_SPEC_TOO_LARGE", 413),
+    /// A label name must be a lowercase slug.
+    LabelInvalid => ("ERR_LABEL_INVALID", 400),
+    /// The label is managed by the registry (`latest`) and can't be moved or removed by hand.
+    LabelReserved => ("ERR_LABEL_RESERVED", 409),
+    /// The prompt has no such label (never a fallback to another version).
+    LabelNotFound => ("ERR_LABEL_NOT_FOUND", 404),
+    /// The prompt has no such version.
+    VersionNotFound => ("ERR_VERSION_NOT_FOUND", 404),
+    /// Moving `production` to this version would ship an eval regression; retry with an override and a reason.
+    EvalRegression => ("ERR_EVAL_REGRESSION", 409),
+    /// The bundle is not a valid prompt bundle (structure, paths, manifest).
+    BundleInvalid => ("ERR_BUNDLE_INVALID", 422),
+    /// A file or spec in the bundle does not match the hash its manifest records.
+    BundleHashMismatch => ("ERR_BUNDLE_HASH_MISMATCH", 422),
+    /// The bundle conflicts with prompts already in the org (same version, other content); nothing was imported.
+    BundleConflict => ("ERR_BUNDLE_CONFLICT", 409),
     /// An unexpected failure inside the server; details are in the logs under the request id.
     Internal => ("ERR_INTERNAL", 500),
     /// A dependency (the database) is unreachable; retry later.
@@ -133,6 +163,21 @@ mod tests {
                 ("ERR_PAYLOAD_TOO_LARGE", 413),
                 ("ERR_UNSUPPORTED_MEDIA_TYPE", 415),
                 ("ERR_RATE_LIMITED", 429),
+                ("ERR_VERSION_INVALID", 400),
+                ("ERR_VERSION_NOT_GREATER", 409),
+                ("ERR_CHANGELOG_REQUIRED", 400),
+                ("ERR_SPEC_YAML", 422),
+                ("ERR_SPEC_INVALID", 422),
+                ("ERR_SPEC_UNDECLARED_VARIABLE", 422),
+                ("ERR_SPEC_TOO_LARGE", 413),
+                ("ERR_LABEL_INVALID", 400),
+                ("ERR_LABEL_RESERVED", 409),
+                ("ERR_LABEL_NOT_FOUND", 404),
+                ("ERR_VERSION_NOT_FOUND", 404),
+                ("ERR_EVAL_REGRESSION", 409),
+                ("ERR_BUNDLE_INVALID", 422),
+                ("ERR_BUNDLE_HASH_MISMATCH", 422),
+                ("ERR_BUNDLE_CONFLICT", 409),
                 ("ERR_INTERNAL", 500),
                 ("ERR_UNAVAILABLE", 503),
             ]

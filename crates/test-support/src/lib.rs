@@ -394,6 +394,42 @@ impl TestApp {
         body["id"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Invites `email` into `org` as `role` (as `owner`), signs them up and accepts the
+    /// invitation with the token from the mail outbox; returns their session.
+    ///
+    /// # Panics
+    /// When any step fails.
+    pub async fn member(&self, owner: &Session, org: &str, email: &str, role: &str) -> Session {
+        let (status, body) = self
+            .post_as(
+                &format!("/v1/orgs/{org}/invitations"),
+                Some(&owner.access),
+                serde_json::json!({"email": email, "role": role}),
+            )
+            .await;
+        assert_eq!(status, 201, "invite {email}: {body}");
+        let mail: String = sqlx::query_scalar("SELECT body FROM mail_outbox WHERE to_address = $1")
+            .bind(email)
+            .fetch_one(&self.superuser_pool())
+            .await
+            .unwrap_or_else(|e| panic!("invitation mail to {email}: {e}"));
+        let token = mail
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|w| w.starts_with("bosi_"))
+            .unwrap_or_else(|| panic!("no invitation token in {mail}"))
+            .to_owned();
+        let user = self.signup(email).await;
+        let (status, body) = self
+            .post_as(
+                "/v1/invitations/accept",
+                Some(&user.access),
+                serde_json::json!({"token": token}),
+            )
+            .await;
+        assert_eq!(status, 200, "accept {email}: {body}");
+        user
+    }
+
     /// A pool connected as the cluster's superuser (which bypasses row-level security), for
     /// arranging and inspecting what the app role can't see or do.
     #[must_use]

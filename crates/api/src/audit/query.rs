@@ -3,7 +3,6 @@
 //! The compact form is whitespace-separated `key:value` terms, e.g.
 //! `actor:alice@example.com action:deploy.* target:run/<id> outcome:denied created:>=2026-01-01 created:<2026-02-01`.
 
-use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -235,7 +234,7 @@ pub struct Params {
 /// An opaque cursor: the seq to continue below, bound to the org it came from.
 #[must_use]
 pub fn encode_cursor(org: Uuid, seq: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{org}:{seq}"))
+    crate::domain::encode_cursor(org, seq)
 }
 
 /// Reads a cursor made by [`encode_cursor`] for `org`.
@@ -243,16 +242,9 @@ pub fn encode_cursor(org: Uuid, seq: i64) -> String {
 /// # Errors
 /// A message when the cursor is malformed or belongs to another org.
 pub fn decode_cursor(org: Uuid, cursor: &str) -> Result<i64, String> {
-    let bad = || "cursor: not a cursor returned by this endpoint".to_owned();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (o, seq) = text.split_once(':').ok_or_else(bad)?;
-    if o != org.to_string() {
-        return Err(bad());
-    }
-    seq.parse().map_err(|_| bad())
+    crate::domain::decode_cursor(org, cursor)?
+        .parse()
+        .map_err(|_| crate::domain::BAD_CURSOR.to_owned())
 }
 
 #[cfg(test)]

@@ -187,7 +187,54 @@ impl Auth {
         org: Uuid,
         permission: Permission,
     ) -> Result<OrgAccess, ApiError> {
-        let (role, granted, project_scope) = match &self.principal {
+        let (role, granted, project_scope) = self.grant(state, org, permission).await?;
+        let audit = self.audit();
+        if !granted {
+            let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
+            audit::record(
+                &mut tx,
+                Some(org),
+                &audit,
+                Event::success("access.denied", "org", org)
+                    .outcome(Outcome::Denied)
+                    .detail(serde_json::json!({"permission": permission.as_str()})),
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this action needs the `{}` permission", permission.as_str()),
+            ));
+        }
+        Ok(OrgAccess {
+            org_id: org,
+            role,
+            project_scope,
+            audit,
+        })
+    }
+
+    /// Whether the caller may do `permission` in `org`, without recording a denial (for
+    /// deciding what an allowed action includes, e.g. which labels an import sets).
+    ///
+    /// # Errors
+    /// 404 `ERR_NOT_FOUND` when the caller has no standing in `org`, database errors.
+    pub async fn may(
+        &self,
+        state: &AppState,
+        org: Uuid,
+        permission: Permission,
+    ) -> Result<bool, ApiError> {
+        Ok(self.grant(state, org, permission).await?.1)
+    }
+
+    async fn grant(
+        &self,
+        state: &AppState,
+        org: Uuid,
+        permission: Permission,
+    ) -> Result<(Option<Role>, bool, Option<Uuid>), ApiError> {
+        Ok(match &self.principal {
             Principal::User { id, .. } => {
                 let role = member_role(state, org, *id)
                     .await?
@@ -216,30 +263,6 @@ impl Auth {
                 }
                 (role, granted, *project_id)
             }
-        };
-        let audit = self.audit();
-        if !granted {
-            let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-            audit::record(
-                &mut tx,
-                Some(org),
-                &audit,
-                Event::success("access.denied", "org", org)
-                    .outcome(Outcome::Denied)
-                    .detail(serde_json::json!({"permission": permission.as_str()})),
-            )
-            .await?;
-            tx.commit().await?;
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!("this action needs the `{}` permission", permission.as_str()),
-            ));
-        }
-        Ok(OrgAccess {
-            org_id: org,
-            role,
-            project_scope,
-            audit,
         })
     }
 }

@@ -7,6 +7,9 @@ mod magic;
 mod oauth;
 mod orgs;
 mod projects;
+mod prompt_bundles;
+mod prompt_evals;
+mod prompts;
 mod tokens;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -20,6 +23,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .merge(oauth::router())
         .merge(orgs::router())
         .merge(audit::router())
+        .merge(prompts::router())
+        .merge(prompt_evals::router())
+        .merge(prompt_bundles::router())
 }
 
 use builderos_shared::error::ErrorCode;

@@ -41,6 +41,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// A short explanation for humans; never a stack trace or a secret.
     pub message: String,
+    /// Structured detail some errors carry (e.g. the conflicts of a refused import).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// An error a handler returns; renders as the envelope with the code's status.
@@ -52,6 +55,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (rate limiting).
     pub retry_after: Option<u64>,
+    /// Structured detail for the client.
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -61,6 +66,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            details: None,
         }
     }
 
@@ -89,6 +95,13 @@ impl ApiError {
             ErrorCode::Internal,
             "internal error; the request id identifies it in the logs",
         )
+    }
+
+    /// Adds structured detail to the error body.
+    #[must_use]
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
     }
 
     /// Adds a `Retry-After` header.
@@ -126,6 +139,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.as_str().to_owned(),
                 message: self.message,
+                details: self.details,
             },
             request_id: current_request_id(),
         };

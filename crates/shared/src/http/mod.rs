@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 pub use control::{ControlState, HealthBody, ReadyBody, ReadyChecks, VersionBody};
 pub use error::{ApiError, ErrorDetail, ErrorEnvelope, current_request_id};
-pub use extract::Json;
+pub use extract::{Json, Query};
 pub use middleware::REQUEST_ID_HEADER;
 
 /// Control endpoints (`/health`, `/ready`, `/version`, `/metrics`) as an OpenAPI-aware router.
