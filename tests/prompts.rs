@@ -1668,3 +1668,114 @@ async fn tenants_roles_and_projects() {
     let (_, list) = acme.call(Method::GET, "/prompts", &agent, None).await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
 }
+
+/// Replicas cache token lookups and prompt references; a write through one replica reaches
+/// the others' caches through PostgreSQL (the invalidation triggers), well before the cache's
+/// 30-second expiry, and a replica always reads its own writes.
+#[tokio::test]
+async fn replicas_hear_of_each_others_writes() {
+    let acme = Org::new().await;
+    let owner = acme.owner.access.clone();
+    let other = acme.app.replica().await;
+    acme.create(&owner, "greet").await;
+    for (version, word) in [("1.0.0", "Hello"), ("1.1.0", "Howdy")] {
+        let spec = format!("template: {word} {{{{ who }}}}\nvariables:\n  who: {{type: string}}\n");
+        let (s, body) = acme.publish(&owner, "greet", version, &spec).await;
+        assert_eq!(s, 201, "{body}");
+    }
+    let (s, _) = acme
+        .move_label(&owner, "greet", "production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(s, 200);
+    let token = acme.token("agent", Role::Viewer).await;
+    let path = acme.path("/prompt-refs/greet@production");
+    // Both replicas answer (and cache) 1.0.0.
+    for app in [&acme.app, &other] {
+        for _ in 0..3 {
+            let (s, body) = app.get_as(&path, &token).await;
+            assert_eq!((s, body["version"].as_str()), (200, Some("1.0.0")));
+        }
+    }
+
+    /// Polls `app` until `check` holds, for at most 10 s (a third of the cache's expiry).
+    async fn eventually(
+        app: &TestApp,
+        path: &str,
+        token: &str,
+        check: impl Fn(u16, &Value) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (s, body) = app.get_as(path, token).await;
+            if check(s, &body) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other replica still answers {s} {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    // A move through one replica: that replica answers the new version at once, the other
+    // as soon as the notification arrives.
+    let (s, _) = acme
+        .move_label(&owner, "greet", "production", json!({"version": "1.1.0"}))
+        .await;
+    assert_eq!(s, 200);
+    let (_, body) = acme.app.get_as(&path, &token).await;
+    assert_eq!(body["version"], "1.1.0", "a replica reads its own writes");
+    eventually(&other, &path, &token, |s, b| {
+        s == 200 && b["version"] == "1.1.0"
+    })
+    .await;
+
+    // Revoking the token through one replica shuts it out of both.
+    let (_, tokens) = acme.call(Method::GET, "/tokens", &owner, None).await;
+    let id = tokens
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "agent"))
+        .and_then(|t| t["id"].as_str())
+        .expect("token id")
+        .to_owned();
+    let (s, _) = acme
+        .call(Method::DELETE, &format!("/tokens/{id}"), &owner, None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = acme.app.get_as(&path, &token).await;
+    assert_eq!(s, 401, "revoked on this replica at once");
+    eventually(&other, &path, &token, |s, _| s == 401).await;
+
+    // A member's token loses what the member loses.
+    let admin = acme
+        .app
+        .member(&acme.owner, &acme.id, "ada@example.com", "admin")
+        .await;
+    let (s, body) = acme
+        .call(
+            Method::POST,
+            "/tokens",
+            &admin.access,
+            Some(json!({"name": "ada-ci", "permissions": ["read:prompts"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let ada = body["token"].as_str().expect("token").to_owned();
+    for app in [&acme.app, &other] {
+        let (s, _) = app.get_as(&path, &ada).await;
+        assert_eq!(s, 200);
+    }
+    let (s, _) = acme
+        .call(
+            Method::DELETE,
+            &format!("/members/{}", admin.user_id),
+            &owner,
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = acme.app.get_as(&path, &ada).await;
+    assert_eq!(s, 401);
+    eventually(&other, &path, &ada, |s, _| s == 401).await;
+}

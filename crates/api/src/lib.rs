@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod domain;
 pub mod mail;
 pub mod mailer;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub oauth: Arc<oidc::OAuth>,
     /// Size caps of the prompt registry.
     pub prompt_limits: prompts::Limits,
+    /// This replica's read cache of tokens and prompt references.
+    pub cache: Arc<cache::Cache>,
 }
 
 /// The JWT issuer every access token names.
@@ -73,7 +76,10 @@ impl AppState {
             }
             None => auth::jwt::Keys::ephemeral(ISSUER)?,
         };
+        let cache = cache::Cache::new();
+        cache.listen(pool.clone());
         Ok(Self {
+            cache,
             control: ControlState {
                 service: SERVICE,
                 version: config.version.clone(),

@@ -8,80 +8,14 @@
 //! Run: `cargo bench -p builderos --bench identity` (set `BENCH_SECONDS` to change the
 //! duration of each load phase; default 5).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use builderos_test_support::{PASSWORD, TestApp};
 use serde_json::json;
 
-const CONNECTIONS: usize = 32;
-
-struct Load {
-    requests: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Load {
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted.get(i).copied().unwrap_or_default()
-    }
-}
-
-async fn load(url: String, token: Option<String>, duration: Duration) -> Load {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONNECTIONS)
-        .build()
-        .expect("client");
-    let url = Arc::new(url);
-    let token = Arc::new(token);
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let (client, url, token) = (client.clone(), Arc::clone(&url), Arc::clone(&token));
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let mut req = client.get(url.as_str());
-                if let Some(token) = token.as_ref() {
-                    req = req.bearer_auth(token);
-                }
-                match req.send().await {
-                    Ok(res) if res.status().is_success() => {
-                        let _ = res.bytes().await;
-                        latencies.push(t.elapsed());
-                    }
-                    _ => errors += 1,
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (latencies, e) = task.await.expect("task");
-        all.extend(latencies);
-        errors += e;
-    }
-    Load {
-        requests: all.len(),
-        errors,
-        elapsed: started.elapsed(),
-        latencies: all,
-    }
-}
+#[path = "support/load.rs"]
+mod support;
+use support::{CONNECTIONS, bearer, load, ms};
 
 fn main() {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
@@ -107,11 +41,11 @@ fn main() {
         let projects_url = app.url(&format!("/v1/orgs/{org}/projects"));
 
         // Warm up both paths.
-        load(projects_url.clone(), Some(token.clone()), Duration::from_millis(500)).await;
-        load(app.url("/health"), None, Duration::from_millis(500)).await;
+        load(projects_url.clone(), bearer(&token), Duration::from_millis(500)).await;
+        load(app.url("/health"), Vec::new(), Duration::from_millis(500)).await;
 
-        let health = load(app.url("/health"), None, duration).await;
-        let projects = load(projects_url, Some(token), duration).await;
+        let health = load(app.url("/health"), Vec::new(), duration).await;
+        let projects = load(projects_url, bearer(&token), duration).await;
 
         let mut signins = Vec::new();
         for _ in 0..20 {
@@ -148,18 +82,12 @@ fn main() {
         during.sort();
 
         println!("identity benchmark ({CONNECTIONS} connections, {seconds} s per phase, 10 projects per list)");
-        println!("  GET /health                      {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
-            health.rps(), ms(health.percentile(0.50)), ms(health.percentile(0.99)), health.errors);
-        println!("  GET /v1/orgs/{{org}}/projects (token) {:>6.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
-            projects.rps(), ms(projects.percentile(0.50)), ms(projects.percentile(0.99)), projects.errors);
+        println!("{}", health.line("GET /health"));
+        println!("{}", projects.line("GET /v1/orgs/{org}/projects (token)"));
         println!("  ratio projects/health             {:>8.1} %", 100.0 * projects.rps() / health.rps());
         println!("  sign-in (argon2id m=19456 t=2 p=1)  p50 {:>7.1} ms   p95 {:>7.1} ms   (20 sequential)",
             ms(signins[signins.len() / 2]), ms(signins[signins.len() * 95 / 100]));
         println!("  /health during 50 concurrent sign-ins ({:.1} s): max {:>7.2} ms over {} probes",
             storm_took.as_secs_f64(), ms(during.last().copied().unwrap_or_default()), during.len());
     });
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -239,6 +239,24 @@ impl TestApp {
         .await
     }
 
+    /// A second API server over the same database (another replica, with its own pool and
+    /// cache), for checking what replicas see of each other's writes.
+    pub async fn replica(&self) -> Self {
+        let db = self.db.clone();
+        let pool = db.app_pool();
+        let config = test_config();
+        Self::spawn_router(db, pool.clone(), |body_limit| {
+            let state = builderos_api::AppState::new(&config, pool)
+                .unwrap_or_else(|e| panic!("app state: {e}"));
+            builderos_shared::http::finish(
+                builderos_api::router(state),
+                builderos_api::SERVICE,
+                body_limit,
+            )
+        })
+        .await
+    }
+
     /// Spawns whatever router `build` makes (given the body limit) over `db`.
     ///
     /// # Panics

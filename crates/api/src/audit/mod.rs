@@ -443,6 +443,12 @@ pub async fn record(
     event: Event,
 ) -> Result<(), sqlx::Error> {
     let chain = org.unwrap_or(PLATFORM_CHAIN);
+    if let (Some(org), Outcome::Success) = (org, event.outcome) {
+        // Every change to an org passes here: this replica's cached reads of the org go now,
+        // so its next request reads what this transaction wrote (other replicas hear of the
+        // commit through the cache triggers).
+        crate::cache::changed(org);
+    }
     // One round trip takes (or creates) the chain's head and locks it until commit: the
     // no-op update makes the upsert lock an existing row and return it.
     let (head_seq, head_hash): (i64, String) = sqlx::query_as(

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::audit::{self, Actor, AuditContext, Event, Outcome};
+use crate::cache::CachedToken;
 use crate::permissions::{Permission, Role};
 
 /// Facts about the request itself, for audit events and throttling.
@@ -107,6 +108,8 @@ pub enum Principal {
         project_id: Option<Uuid>,
         /// The user it acts for (None: a service account of the org).
         user_id: Option<Uuid>,
+        /// That user's current role in the org (a token never exceeds it).
+        user_role: Option<Role>,
     },
 }
 
@@ -244,24 +247,17 @@ impl Auth {
             Principal::Token {
                 org_id,
                 permissions,
-                user_id,
+                user_role,
                 project_id,
                 ..
             } => {
                 if *org_id != org {
                     return Err(ApiError::not_found("org"));
                 }
-                let mut granted = permissions.contains(&permission);
-                let mut role = None;
-                if let Some(user) = user_id {
-                    // A user's token never exceeds the user's current role.
-                    let current = member_role(state, org, *user).await?.ok_or_else(|| {
-                        unauthenticated("the token's user is no longer a member of its org")
-                    })?;
-                    granted &= current.allows(permission);
-                    role = Some(current);
-                }
-                (role, granted, *project_id)
+                // A user's token never exceeds the user's current role.
+                let granted = permissions.contains(&permission)
+                    && user_role.is_none_or(|r| r.allows(permission));
+                (*user_role, granted, *project_id)
             }
         })
     }
@@ -363,6 +359,24 @@ async fn authenticate_api_token(
         return Err(unauthenticated("invalid API token"));
     }
     let hash = secrets::hash(token);
+    if let Some(t) = state.cache.token(&hash) {
+        if t.expires_at.is_some_and(|e| e <= chrono::Utc::now()) {
+            return Err(unauthenticated("the API token is revoked or expired"));
+        }
+        return Ok(Auth {
+            principal: Principal::Token {
+                id: t.id,
+                name: t.name,
+                org_id: t.org_id,
+                permissions: t.permissions,
+                project_id: t.project_id,
+                user_id: t.user_id,
+                user_role: t.user_role,
+            },
+            meta,
+        });
+    }
+    let ticket = state.cache.ticket();
     let mut tx = db::begin(&state.pool, &Scope::token(&hash)).await?;
     let row: Option<TokenRow> = sqlx::query_as(
         "SELECT id, name, org_id, permissions, project_id, created_by, expires_at, revoked_at, last_used_at \
@@ -414,10 +428,31 @@ async fn authenticate_api_token(
     } else {
         tx.commit().await?;
     }
-    let permissions = permissions
+    let user_role =
+        match user_id {
+            Some(user) => Some(member_role(state, org_id, user).await?.ok_or_else(|| {
+                unauthenticated("the token's user is no longer a member of its org")
+            })?),
+            None => None,
+        };
+    let permissions: Vec<Permission> = permissions
         .iter()
         .filter_map(|p| Permission::parse(p))
         .collect();
+    state.cache.put_token(
+        ticket,
+        hash,
+        CachedToken {
+            id,
+            name: name.clone(),
+            org_id,
+            permissions: permissions.clone(),
+            project_id,
+            user_id,
+            user_role,
+            expires_at,
+        },
+    );
     Ok(Auth {
         principal: Principal::Token {
             id,
@@ -426,6 +461,7 @@ async fn authenticate_api_token(
             permissions,
             project_id,
             user_id,
+            user_role,
         },
         meta,
     })

@@ -23,6 +23,7 @@ use super::{OnConstraint, path_id};
 use crate::AppState;
 use crate::audit::{self, Event};
 use crate::auth::{Auth, OrgAccess};
+use crate::cache::{CachedFetch, RefKey};
 use crate::domain::{self, Slug};
 use crate::permissions::Permission;
 use crate::prompts::diff::SpecDiff;
@@ -720,18 +721,24 @@ pub(crate) fn author(access: &OrgAccess) -> (Option<Uuid>, String) {
     (if kind == "user" { id } else { None }, name)
 }
 
-/// The response for a fetched version: ETag from the content hash and version, 304 when the
-/// client already has it.
-fn version_response(headers: &HeaderMap, fetched: &Fetched) -> Response {
-    let etag = format!(
-        "\"{}-{}\"",
-        fetched
-            .version
-            .summary
-            .content_hash
-            .trim_start_matches("sha256:"),
-        fetched.version.summary.version
-    );
+/// A fetched version as a response: its JSON and an ETag from the content hash and version.
+fn cacheable(fetched: &Fetched) -> Result<CachedFetch, ApiError> {
+    let summary = &fetched.version.summary;
+    Ok(CachedFetch {
+        etag: format!(
+            "\"{}-{}\"",
+            summary.content_hash.trim_start_matches("sha256:"),
+            summary.version
+        ),
+        body: serde_json::to_vec(fetched)
+            .map_err(|e| ApiError::internal(&e))?
+            .into(),
+    })
+}
+
+/// The response for a fetched version, 304 when the client already has it.
+fn version_response(headers: &HeaderMap, fetched: &CachedFetch) -> Response {
+    let etag = fetched.etag.as_str();
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -739,9 +746,16 @@ fn version_response(headers: &HeaderMap, fetched: &Fetched) -> Response {
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(fetched).into_response()
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            fetched.body.clone(),
+        )
+            .into_response()
     };
-    if let Ok(value) = HeaderValue::from_str(&etag) {
+    if let Ok(value) = HeaderValue::from_str(etag) {
         response.headers_mut().insert(header::ETAG, value);
     }
     // Labels move: clients may keep a copy but must revalidate.
@@ -778,15 +792,13 @@ async fn get_version(
     prompts::parse_version(&version)?;
     let v = prompts::resolve(&mut tx, &prompt, &version).await?;
     tx.commit().await?;
-    Ok(version_response(
-        &headers,
-        &Fetched {
-            prompt_id: prompt.id,
-            prompt: prompt.name,
-            label: None,
-            version: v,
-        },
-    ))
+    let fetched = cacheable(&Fetched {
+        prompt_id: prompt.id,
+        prompt: prompt.name,
+        label: None,
+        version: v,
+    })?;
+    Ok(version_response(&headers, &fetched))
 }
 
 /// A prompt's labels.
@@ -855,15 +867,13 @@ async fn get_label(
     .await?;
     let v = prompts::resolve(&mut tx, &prompt, &label).await?;
     tx.commit().await?;
-    Ok(version_response(
-        &headers,
-        &Fetched {
-            prompt_id: prompt.id,
-            prompt: prompt.name,
-            label: Some(label),
-            version: v,
-        },
-    ))
+    let fetched = cacheable(&Fetched {
+        prompt_id: prompt.id,
+        prompt: prompt.name,
+        label: Some(label),
+        version: v,
+    })?;
+    Ok(version_response(&headers, &fetched))
 }
 
 /// Fetch by reference: `name@1.4.0`, `name@production`, or `name` (= `name@latest`). The hot
@@ -888,26 +898,27 @@ async fn fetch_reference(
     } else {
         prompts::parse_version(at_ref)?;
     }
-    let Opened { mut tx, prompt, .. } = open(
-        &state,
-        &auth,
-        &org,
-        name,
-        at.project,
-        Permission::PromptsRead,
-    )
-    .await?;
+    let org = path_id(&org, "org")?;
+    let access = auth.authorize(&state, org, Permission::PromptsRead).await?;
+    // The hot path: answered from this replica's cache when it can be (see crate::cache).
+    let key: RefKey = (org, access.project_scope, at.project, reference.clone());
+    if let Some(hit) = state.cache.prompt_ref(&key) {
+        return Ok(version_response(&headers, &hit));
+    }
+    let ticket = state.cache.ticket();
+    let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
+    let prompt = prompts::find(&mut tx, org, access.project_scope, name, at.project).await?;
     let v = prompts::resolve(&mut tx, &prompt, at_ref).await?;
     tx.commit().await?;
-    Ok(version_response(
-        &headers,
-        &Fetched {
-            prompt_id: prompt.id,
-            prompt: prompt.name,
-            label: is_label.then(|| at_ref.to_owned()),
-            version: v,
-        },
-    ))
+    let fetched = cacheable(&Fetched {
+        prompt_id: prompt.id,
+        prompt: prompt.name,
+        label: is_label.then(|| at_ref.to_owned()),
+        version: v,
+    })?;
+    let response = version_response(&headers, &fetched);
+    state.cache.put_prompt_ref(ticket, key, fetched);
+    Ok(response)
 }
 
 /// Move a label to a version (creating it if new). `production` needs `promote:prompts`
