@@ -15,19 +15,12 @@ use serde_json::json;
 
 #[path = "support/load.rs"]
 mod support;
-use support::{CONNECTIONS, bearer, load, ms};
+use support::{CONNECTIONS, bearer, load, ms, phase_seconds, runtime};
 
 fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let seconds = phase_seconds();
     let duration = Duration::from_secs(seconds);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
+    runtime().block_on(async move {
         let app = TestApp::spawn().await;
         let owner = app.signup("bench@example.com").await;
         let org = app.create_org(&owner, "bench").await;

@@ -14,7 +14,7 @@ use serde_json::json;
 
 #[path = "support/load.rs"]
 mod support;
-use support::{CONNECTIONS, bearer, load};
+use support::{CONNECTIONS, bearer, load, phase_seconds, runtime};
 
 /// A realistic spec: a page-long template with a handful of variables.
 fn spec(minor: usize) -> String {
@@ -30,16 +30,9 @@ fn spec(minor: usize) -> String {
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let seconds = phase_seconds();
     let duration = Duration::from_secs(seconds);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
+    runtime().block_on(async move {
         let app = TestApp::spawn().await;
         let owner = app.signup("bench@example.com").await;
         let org = app.create_org(&owner, "bench").await;

@@ -95,3 +95,19 @@ pub fn bearer(token: &str) -> Vec<(&'static str, String)> {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// Seconds per load phase: `BENCH_SECONDS`, default 5.
+pub fn phase_seconds() -> u64 {
+    std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+}
+
+/// The multi-threaded runtime the server and the load share.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
