@@ -282,9 +282,11 @@ async fn import_bundle(
     let who = author(&access);
     for item in read {
         let name = item.meta.name.clone();
-        let existing = prompts::find(&mut tx, org, project, &name, project)
-            .await
-            .ok();
+        let existing = match prompts::find(&mut tx, org, project, &name, project).await {
+            Ok(p) => Some(p),
+            Err(e) if e.code == ErrorCode::NotFound => None,
+            Err(e) => return Err(e),
+        };
         let (prompt, created) = match existing {
             Some(p) => (p, false),
             None => {
