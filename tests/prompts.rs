@@ -1697,27 +1697,6 @@ async fn replicas_hear_of_each_others_writes() {
         }
     }
 
-    /// Polls `app` until `check` holds, for at most 10 s (a third of the cache's expiry).
-    async fn eventually(
-        app: &TestApp,
-        path: &str,
-        token: &str,
-        check: impl Fn(u16, &Value) -> bool,
-    ) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let (s, body) = app.get_as(path, token).await;
-            if check(s, &body) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the other replica still answers {s} {body}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
-
     // A move through one replica: that replica answers the new version at once, the other
     // as soon as the notification arrives.
     let (s, _) = acme
@@ -1726,10 +1705,9 @@ async fn replicas_hear_of_each_others_writes() {
     assert_eq!(s, 200);
     let (_, body) = acme.app.get_as(&path, &token).await;
     assert_eq!(body["version"], "1.1.0", "a replica reads its own writes");
-    eventually(&other, &path, &token, |s, b| {
-        s == 200 && b["version"] == "1.1.0"
-    })
-    .await;
+    other
+        .eventually(&path, &token, |s, b| s == 200 && b["version"] == "1.1.0")
+        .await;
 
     // Revoking the token through one replica shuts it out of both.
     let (_, tokens) = acme.call(Method::GET, "/tokens", &owner, None).await;
@@ -1745,7 +1723,7 @@ async fn replicas_hear_of_each_others_writes() {
     assert_eq!(s, 204);
     let (s, _) = acme.app.get_as(&path, &token).await;
     assert_eq!(s, 401, "revoked on this replica at once");
-    eventually(&other, &path, &token, |s, _| s == 401).await;
+    other.eventually(&path, &token, |s, _| s == 401).await;
 
     // A member's token loses what the member loses.
     let admin = acme
@@ -1777,5 +1755,5 @@ async fn replicas_hear_of_each_others_writes() {
     assert_eq!(s, 204);
     let (s, _) = acme.app.get_as(&path, &ada).await;
     assert_eq!(s, 401);
-    eventually(&other, &path, &ada, |s, _| s == 401).await;
+    other.eventually(&path, &ada, |s, _| s == 401).await;
 }

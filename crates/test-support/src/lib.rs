@@ -369,6 +369,29 @@ impl TestApp {
             .await
     }
 
+    /// `GET` as `token` until `check` holds, for at most 10 s (a third of the read cache's
+    /// expiry): for changes that reach this replica through a PostgreSQL notification — writes
+    /// made by another replica or straight into the database.
+    pub async fn eventually(
+        &self,
+        path: &str,
+        token: &str,
+        check: impl Fn(u16, &serde_json::Value) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (status, body) = self.get_as(path, token).await;
+            if check(status, &body) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "GET {path} still answers {status} {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// `POST` JSON as `token` (or anonymously).
     pub async fn post_as(
         &self,
