@@ -2,7 +2,6 @@
 //! against the manifest — streaming, with bounded memory whatever the pack's size.
 
 use std::collections::HashMap;
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 
 use chrono::{DateTime, Utc};
@@ -261,16 +260,17 @@ impl<R: Seek> Seek for Tracked<R> {
     }
 }
 
+/// Reads a pack file whole (within `limit`), with its SHA-256.
 fn read_small<B: BufRead + Seek>(
     r: &mut B,
     streamer: &mut Streamer,
     entry: &Entry,
     limit: u64,
-) -> Result<Vec<u8>, PackError> {
-    let mut out = Vec::new();
+) -> Result<(Vec<u8>, [u8; 32]), PackError> {
+    let mut out = Vec::with_capacity(usize::try_from(entry.size.min(limit)).unwrap_or(0));
     archive::seek_to(r, entry.data_offset)?;
-    streamer.stream(r, entry, limit, &mut out)?;
-    Ok(out)
+    let (sha, _) = streamer.stream(r, entry, limit, &mut out)?;
+    Ok((out, sha))
 }
 
 /// Verifies a pack against `keys`.
@@ -344,9 +344,10 @@ pub fn verify_with_progress<R: Read + Seek>(
         }
     }
     archive::check_end(expected, cd_offset)?;
-    let manifest_bytes =
+    let (manifest_bytes, manifest_sha) =
         manifest_bytes.ok_or_else(|| PackError::ManifestMissing("no pack.json".into()))?;
-    let sig_bytes = sig_bytes.ok_or_else(|| PackError::SignatureMissing("no pack.sig".into()))?;
+    let (sig_bytes, _) =
+        sig_bytes.ok_or_else(|| PackError::SignatureMissing("no pack.sig".into()))?;
     let manifest = Manifest::parse(&manifest_bytes)?;
     let key = sign::verify(&sig_bytes, &manifest_bytes, keys, options.at)?;
     if let Some(publisher) = &key.publisher
@@ -359,24 +360,29 @@ pub fn verify_with_progress<R: Read + Seek>(
     }
     manifest.validate(limits)?;
 
-    let listed: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
-    if let Some(extra) = entries
+    // Entries are matched to the manifest's files (whose paths `validate` found unique): first
+    // any entry the manifest does not list, in directory order, then every listed file in the
+    // manifest's order.
+    let listed: HashMap<&str, usize> = manifest
+        .files
         .iter()
-        .map(|e| e.name.as_str())
-        .find(|n| *n != "pack.json" && *n != "pack.sig" && !listed.contains(n))
-    {
-        return Err(PackError::FileNotInManifest(format!(
-            "`{}` is not listed in the manifest",
-            extra.escape_debug()
-        )));
-    }
-    let hashes: HashMap<&str, ([u8; 32], u64)> = entries
-        .iter()
-        .zip(hashes)
-        .filter_map(|(e, h)| Some((e.name.as_str(), h?)))
+        .enumerate()
+        .map(|(j, f)| (f.path.as_str(), j))
         .collect();
-    for file in &manifest.files {
-        let Some((sha, size)) = hashes.get(file.path.as_str()) else {
+    let mut found: Vec<Option<([u8; 32], u64)>> = vec![None; manifest.files.len()];
+    for (entry, hash) in entries.iter().zip(hashes) {
+        let Some(hash) = hash else { continue };
+        let Some(&j) = listed.get(entry.name.as_str()) else {
+            return Err(PackError::FileNotInManifest(format!(
+                "`{}` is not listed in the manifest",
+                entry.name.escape_debug()
+            )));
+        };
+        found[j] = Some(hash);
+    }
+    let mut hex_sha = [0u8; 64];
+    for (file, found) in manifest.files.iter().zip(&found) {
+        let Some((sha, size)) = found else {
             return Err(PackError::FileMissing(format!(
                 "`{}` is listed but not in the archive",
                 file.path
@@ -388,16 +394,17 @@ pub fn verify_with_progress<R: Read + Seek>(
                 file.path, file.size
             )));
         }
-        // `validate` checked that the manifest's digest is 64 lowercase hex digits.
-        let mut listed_sha = [0u8; 32];
-        if hex::decode_to_slice(&file.sha256, &mut listed_sha).is_err() || *sha != listed_sha {
+        hex::encode_to_slice(sha, &mut hex_sha)
+            .map_err(|e| PackError::HashMismatch(e.to_string()))?;
+        if hex_sha != file.sha256.as_bytes() {
             return Err(PackError::HashMismatch(format!(
                 "`{}` does not match its SHA-256",
                 file.path
             )));
         }
     }
-    let manifest_sha256 = hex::encode(Sha256::digest(&manifest_bytes));
+    // Computed while the manifest was read.
+    let manifest_sha256 = hex::encode(manifest_sha);
     Ok(VerifiedPack {
         manifest,
         manifest_bytes,
