@@ -349,7 +349,7 @@ pub fn verify_with_progress<R: Read + Seek>(
     let (sig_bytes, _) =
         sig_bytes.ok_or_else(|| PackError::SignatureMissing("no pack.sig".into()))?;
     let manifest = Manifest::parse(&manifest_bytes)?;
-    let key = sign::verify(&sig_bytes, &manifest_bytes, keys, options.at)?;
+    let key = sign::verify_digest(&sig_bytes, &manifest_sha, keys, options.at)?;
     if let Some(publisher) = &key.publisher
         && *publisher != manifest.publisher
     {
