@@ -192,8 +192,8 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
     )?;
 
     let mut entries = Vec::with_capacity(usize::from(total));
-    let mut names: HashMap<String, String> = HashMap::new();
-    let mut exact: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // Collision key → index of the entry that has it; an exact duplicate has the same key.
+    let mut names: HashMap<String, usize> = HashMap::with_capacity(usize::from(total));
     let mut total_size: u64 = 0;
     let mut pos = 0usize;
     for _ in 0..total {
@@ -275,12 +275,13 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
             )));
         }
         paths::check(&name, limits)?;
-        if !exact.insert(name.clone()) {
-            return Err(PackError::DuplicateEntry(format!(
-                "`{shown}` appears twice"
-            )));
-        }
-        if let Some(other) = names.insert(paths::collision_key(&name), name.clone()) {
+        if let Some(other) = names.insert(paths::collision_key(&name), entries.len()) {
+            let other = entries.get(other).map_or("", |e: &Entry| e.name.as_str());
+            if other == name {
+                return Err(PackError::DuplicateEntry(format!(
+                    "`{shown}` appears twice"
+                )));
+            }
             return Err(PackError::NameCollision(format!(
                 "`{shown}` collides with `{}`",
                 other.escape_debug()

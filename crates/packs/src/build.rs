@@ -1,7 +1,8 @@
 //! Building and signing packs deterministically: the same source directory (and key) always
 //! gives byte-identical archives — entries in a fixed order (`pack.json`, content files sorted
 //! by path, `pack.sig`), fixed timestamps (1980-01-01), fixed permissions (0644), deflate at a
-//! fixed level.
+//! fixed level — or stored, for a file that deflate does not make smaller (decided from the
+//! file's own bytes, so the choice is as deterministic as the rest).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -48,7 +49,7 @@ fn options(method: CompressionMethod) -> SimpleFileOptions {
     SimpleFileOptions::default()
         .compression_method(method)
         .compression_level(if method == CompressionMethod::Deflated {
-            Some(6)
+            Some(i64::from(LEVEL))
         } else {
             None
         })
@@ -92,6 +93,40 @@ fn collect(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<
     Ok(())
 }
 
+/// The deflate level of content entries (the one [`options`] gives the zip writer).
+const LEVEL: u32 = 6;
+
+/// Counts bytes written and discards them.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How a content file is stored: deflate at [`LEVEL`] when that makes it smaller, otherwise
+/// stored as is (inflating already-compressed data only costs the reader a copy).
+fn method_for(path: &Path, size: u64) -> Result<CompressionMethod, PackError> {
+    if size == 0 {
+        return Ok(CompressionMethod::Stored);
+    }
+    let mut encoder =
+        flate2::write::DeflateEncoder::new(Counter(0), flate2::Compression::new(LEVEL));
+    std::io::copy(&mut File::open(path)?, &mut encoder)?;
+    let compressed = encoder.finish()?.0;
+    Ok(if compressed < size {
+        CompressionMethod::Deflated
+    } else {
+        CompressionMethod::Stored
+    })
+}
+
 fn hash_file(path: &Path) -> Result<(String, u64), PackError> {
     let mut file = File::open(path)?;
     let mut sha = Sha256::new();
@@ -123,6 +158,7 @@ pub fn build<W: Write + Seek>(dir: &Path, out: W, limits: &Limits) -> Result<Man
     collect(dir, dir, &mut files)?;
     files.sort();
     let mut entries = Vec::with_capacity(files.len());
+    let mut methods = Vec::with_capacity(files.len());
     for (name, path) in &files {
         if name == "pack.json" || name == "pack.sig" {
             return Err(PackError::ManifestInvalid(format!(
@@ -131,6 +167,7 @@ pub fn build<W: Write + Seek>(dir: &Path, out: W, limits: &Limits) -> Result<Man
         }
         crate::paths::check(name, limits)?;
         let (sha256, size) = hash_file(path)?;
+        methods.push(method_for(path, size)?);
         entries.push(FileEntry {
             path: name.clone(),
             size,
@@ -154,8 +191,8 @@ pub fn build<W: Write + Seek>(dir: &Path, out: W, limits: &Limits) -> Result<Man
     zip.start_file("pack.json", options(CompressionMethod::Stored))
         .map_err(zip_err)?;
     zip.write_all(&manifest_bytes)?;
-    for (name, path) in &files {
-        zip.start_file(name.as_str(), options(CompressionMethod::Deflated))
+    for ((name, path), method) in files.iter().zip(methods) {
+        zip.start_file(name.as_str(), options(method))
             .map_err(zip_err)?;
         std::io::copy(&mut File::open(path)?, &mut zip)?;
     }

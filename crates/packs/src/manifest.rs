@@ -175,7 +175,10 @@ impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Self, PackError> {
         let manifest: Manifest =
             serde_json::from_slice(bytes).map_err(|e| invalid(format!("pack.json: {e}")))?;
-        if !builderos_canon::is_canonical(bytes) {
+        // Every key of the bytes is a field (unknown and duplicate fields were refused just
+        // now) and every field is written back, so the bytes are canonical exactly when they
+        // are the manifest's canonical form.
+        if manifest.canonical_bytes() != bytes {
             return Err(PackError::NonCanonicalManifest(
                 "pack.json must be canonical JSON (sorted keys, no whitespace, NFC strings)".into(),
             ));
@@ -188,7 +191,79 @@ impl Manifest {
     /// # Errors
     /// Never in practice; serialization of these types can't fail.
     pub fn to_canonical_bytes(&self) -> Result<Vec<u8>, PackError> {
-        builderos_canon::to_canonical_bytes(self).map_err(|e| invalid(e.to_string()))
+        Ok(self.canonical_bytes())
+    }
+
+    /// The canonical JSON of the manifest, written field by field (keys in code-point order)
+    /// rather than through a `serde_json::Value`: a manifest lists thousands of files.
+    fn canonical_bytes(&self) -> Vec<u8> {
+        // Plain ASCII (paths, digests, slugs) is already NFC and needs no escaping; anything
+        // else goes through the canon crate.
+        fn write_str(s: &str, out: &mut Vec<u8>) {
+            if s.bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+            {
+                out.push(b'"');
+                out.extend_from_slice(s.as_bytes());
+                out.push(b'"');
+            } else {
+                builderos_canon::write_canonical_str(s, out);
+            }
+        }
+        fn strings(items: &[String], out: &mut Vec<u8>) {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(item, out);
+            }
+            out.push(b']');
+        }
+        let str = write_str;
+        let mut out = Vec::with_capacity(512 + self.files.len() * 128);
+        out.extend_from_slice(b"{\"description\":");
+        str(&self.description, &mut out);
+        out.extend_from_slice(b",\"entry\":");
+        builderos_canon::write_canonical_value(&self.entry, &mut out);
+        out.extend_from_slice(b",\"files\":[");
+        for (i, file) in self.files.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"path\":");
+            str(&file.path, &mut out);
+            out.extend_from_slice(b",\"sha256\":");
+            str(&file.sha256, &mut out);
+            out.extend_from_slice(b",\"size\":");
+            out.extend_from_slice(file.size.to_string().as_bytes());
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"format\":");
+        out.extend_from_slice(self.format.to_string().as_bytes());
+        out.extend_from_slice(b",\"kind\":");
+        str(
+            match self.kind {
+                Kind::Desk => "desk",
+                Kind::Agent => "agent",
+                Kind::Pipeline => "pipeline",
+            },
+            &mut out,
+        );
+        out.extend_from_slice(b",\"name\":");
+        str(&self.name, &mut out);
+        out.extend_from_slice(b",\"permissions\":{\"network\":");
+        strings(&self.permissions.network, &mut out);
+        out.extend_from_slice(b",\"secrets\":");
+        strings(&self.permissions.secrets, &mut out);
+        out.extend_from_slice(b",\"tools\":");
+        strings(&self.permissions.tools, &mut out);
+        out.extend_from_slice(b"},\"publisher\":");
+        str(&self.publisher, &mut out);
+        out.extend_from_slice(b",\"version\":");
+        str(&self.version, &mut out);
+        out.push(b'}');
+        out
     }
 
     /// Checks every field and the kind's schema.
@@ -344,5 +419,94 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn manifest(text: &str, size: u64, kind: Kind, entry: serde_json::Value) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            kind,
+            name: format!("n{text}"),
+            version: "1.0.0".into(),
+            publisher: "acme".into(),
+            description: text.into(),
+            permissions: Permissions {
+                tools: vec![text.into(), "read_file".into()],
+                network: vec![],
+                secrets: vec![format!("{text}\u{1}")],
+            },
+            entry,
+            files: vec![
+                FileEntry {
+                    path: format!("a/{text}"),
+                    size,
+                    sha256: "0".repeat(64),
+                },
+                FileEntry {
+                    path: "b".into(),
+                    size: 0,
+                    sha256: text.into(),
+                },
+            ],
+        }
+    }
+
+    proptest! {
+        /// The field-by-field writer gives exactly the generic canonical form, and `parse`
+        /// accepts exactly what `is_canonical` accepts.
+        #[test]
+        fn writer_matches_generic_canonical_form(
+            text in prop_oneof!["[ -~\u{7f}\u{1}\u{e9}]{0,12}", ".{0,12}"],
+            size in any::<u64>(),
+            kind in prop::sample::select(vec![Kind::Desk, Kind::Agent, Kind::Pipeline]),
+            key in "[a-zA-Z\u{e9}\u{301}]{0,4}",
+        ) {
+            let entry = serde_json::json!({"z": [1, 2.5, -0.0, null, true], key.clone(): {"b": text, "a": 1.0}, "e\u{301}": "x"});
+            let m = manifest(&text, size, kind, entry);
+            let canonical = builderos_canon::to_canonical_bytes(&m).unwrap();
+            prop_assert_eq!(m.canonical_bytes(), canonical.clone());
+            prop_assert!(builderos_canon::is_canonical(&canonical));
+            let parsed = Manifest::parse(&canonical).unwrap();
+            prop_assert_eq!(parsed.canonical_bytes(), canonical);
+            let loose = serde_json::to_vec(&m).unwrap();
+            prop_assert_eq!(Manifest::parse(&loose).is_ok(), builderos_canon::is_canonical(&loose));
+            let pretty = serde_json::to_vec_pretty(&m).unwrap();
+            prop_assert_eq!(Manifest::parse(&pretty).is_ok(), builderos_canon::is_canonical(&pretty));
+        }
+    }
+
+    /// Bytes that are not the canonical form are refused as such.
+    #[test]
+    fn non_canonical_spellings() {
+        let m = manifest(
+            "x",
+            3,
+            Kind::Pipeline,
+            serde_json::json!({"pipelines": ["a/x"]}),
+        );
+        let good = String::from_utf8(m.canonical_bytes()).unwrap();
+        assert!(Manifest::parse(good.as_bytes()).is_ok());
+        for bad in [
+            good.replace("\"format\":1", "\"format\":1.0"),
+            good.replace("\"size\":3", "\"size\":3.0"),
+            good.replace("\"kind\"", "\"\\u006bind\""),
+            good.replace("\"description\":\"x\"", "\"description\":\"\\u0078\""),
+            good.replace("\"description\":\"x\"", "\"description\":\"e\u{301}\""),
+            good.replace(',', ", "),
+        ] {
+            let code = Manifest::parse(bad.as_bytes()).map_err(|e| e.code());
+            let generic = builderos_canon::is_canonical(bad.as_bytes());
+            assert!(code.is_err(), "{bad}");
+            assert!(
+                !generic || code == Err("ERR_PACK_MANIFEST_INVALID"),
+                "{bad}"
+            );
+        }
     }
 }

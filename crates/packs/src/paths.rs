@@ -34,9 +34,10 @@ pub fn check(name: &str, limits: &Limits) -> Result<(), PackError> {
             "`{shown}` contains a NUL or control character"
         )));
     }
-    let segments: Vec<&str> = name.split('/').collect();
-    for segment in &segments {
-        match *segment {
+    let mut depth = 0;
+    for segment in name.split('/') {
+        depth += 1;
+        match segment {
             "" => {
                 return Err(PackError::BadPath(format!(
                     "`{shown}` has an empty segment"
@@ -50,7 +51,7 @@ pub fn check(name: &str, limits: &Limits) -> Result<(), PackError> {
             _ => {}
         }
     }
-    if name.len() > limits.max_path_len || segments.len() > limits.max_depth {
+    if name.len() > limits.max_path_len || depth > limits.max_depth {
         return Err(PackError::PathTooLong(format!(
             "`{shown}` exceeds {} bytes or {} segments",
             limits.max_path_len, limits.max_depth
@@ -63,6 +64,10 @@ pub fn check(name: &str, limits: &Limits) -> Result<(), PackError> {
 /// file systems would make of them).
 #[must_use]
 pub fn collision_key(name: &str) -> String {
+    // ASCII is already NFC and lower-cases to ASCII: the common case needs no tables.
+    if name.is_ascii() {
+        return name.to_ascii_lowercase();
+    }
     name.nfc()
         .collect::<String>()
         .to_lowercase()
@@ -107,5 +112,10 @@ mod tests {
         assert_eq!(collision_key("README.md"), collision_key("readme.MD"));
         assert_eq!(collision_key("caf\u{e9}"), collision_key("cafe\u{301}"));
         assert_ne!(collision_key("a"), collision_key("b"));
+        assert_eq!(
+            collision_key("Dir/Caf\u{c9}.md"),
+            collision_key("dir/cafe\u{301}.MD")
+        );
+        assert_eq!(collision_key("A-Z_0/9.TXT"), "a-z_0/9.txt");
     }
 }

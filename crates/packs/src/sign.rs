@@ -121,6 +121,20 @@ pub fn verify<'k>(
     keys: &'k [TrustedKey],
     at: DateTime<Utc>,
 ) -> Result<&'k TrustedKey, PackError> {
+    verify_digest(sig_bytes, &Sha256::digest(manifest_bytes).into(), keys, at)
+}
+
+/// [`verify`], given the SHA-256 of the manifest bytes (already computed while they were
+/// read) instead of the bytes.
+///
+/// # Errors
+/// As [`verify`].
+pub fn verify_digest<'k>(
+    sig_bytes: &[u8],
+    manifest_sha256: &[u8; 32],
+    keys: &'k [TrustedKey],
+    at: DateTime<Utc>,
+) -> Result<&'k TrustedKey, PackError> {
     let file: SignatureFile = serde_json::from_slice(sig_bytes)
         .map_err(|e| PackError::SignatureMissing(format!("pack.sig: {e}")))?;
     if file.alg != "ed25519" {
@@ -146,7 +160,10 @@ pub fn verify<'k>(
         .try_into()
         .map_err(|_| PackError::BadSignature("pack.sig: sig is not 64 bytes".into()))?;
     key.public
-        .verify_strict(&message(manifest_bytes), &Signature::from_bytes(&raw))
+        .verify_strict(
+            &[CONTEXT, manifest_sha256.as_slice()].concat(),
+            &Signature::from_bytes(&raw),
+        )
         .map_err(|_| {
             PackError::BadSignature("the signature does not match this manifest".into())
         })?;

@@ -2,8 +2,7 @@
 //! against the manifest — streaming, with bounded memory whatever the pack's size.
 
 use std::collections::HashMap;
-use std::collections::HashSet;
-use std::io::{Read, Seek, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -48,7 +47,165 @@ pub struct VerifiedPack {
     pub entries: Vec<Entry>,
 }
 
+/// The most inflated output handled at once (and the inflate buffer of a large entry).
 const CHUNK: usize = 64 * 1024;
+
+/// The read buffer of [`verify`]: large reads, each hashed where it landed.
+const READ_BUF: usize = 256 * 1024;
+
+fn corrupt(entry: &Entry, e: impl std::fmt::Display) -> PackError {
+    PackError::Corrupt(format!("`{}`: {e}", entry.name.escape_debug()))
+}
+
+/// What is checked of an entry's uncompressed bytes as they go by: the limit, the declared
+/// size, the CRC-32 and the SHA-256.
+struct Check<'a> {
+    entry: &'a Entry,
+    limit: u64,
+    cap: u64,
+    total: u64,
+    sha: Sha256,
+    crc: crc32fast::Hasher,
+}
+
+impl<'a> Check<'a> {
+    fn new(entry: &'a Entry, limit: u64) -> Self {
+        Self {
+            entry,
+            limit,
+            cap: limit.min(entry.size),
+            total: 0,
+            sha: Sha256::new(),
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8], sink: &mut dyn Write) -> Result<(), PackError> {
+        self.total += data.len() as u64;
+        if self.total > self.cap {
+            return Err(if self.total > self.limit {
+                PackError::EntryTooLarge(format!(
+                    "`{}` expands beyond {} bytes",
+                    self.entry.name.escape_debug(),
+                    self.limit
+                ))
+            } else {
+                PackError::SizeMismatch(format!(
+                    "`{}` expands beyond its declared {} bytes",
+                    self.entry.name.escape_debug(),
+                    self.entry.size
+                ))
+            });
+        }
+        self.sha.update(data);
+        self.crc.update(data);
+        sink.write_all(data)?;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<([u8; 32], u64), PackError> {
+        let (entry, total) = (self.entry, self.total);
+        if total != entry.size {
+            return Err(PackError::SizeMismatch(format!(
+                "`{}` has {total} bytes, its header says {}",
+                entry.name.escape_debug(),
+                entry.size
+            )));
+        }
+        if self.crc.finalize() != entry.crc32 {
+            return Err(PackError::CrcMismatch(format!(
+                "`{}` fails its CRC-32",
+                entry.name.escape_debug()
+            )));
+        }
+        Ok((self.sha.finalize().into(), total))
+    }
+}
+
+/// What streaming entries needs beyond the reader, kept from one entry to the next: setting
+/// up inflate state and zeroing an output buffer for every small file would cost more than
+/// hashing it.
+#[derive(Default)]
+struct Streamer {
+    inflate: Option<flate2::Decompress>,
+    out: Vec<u8>,
+}
+
+impl Streamer {
+    /// Streams the entry whose data starts at `r`'s position, reading no more than its
+    /// compressed size: stored data is hashed straight from `r`'s buffer, deflated data is
+    /// inflated a chunk at a time.
+    fn stream<B: BufRead>(
+        &mut self,
+        r: &mut B,
+        entry: &Entry,
+        limit: u64,
+        sink: &mut dyn Write,
+    ) -> Result<([u8; 32], u64), PackError> {
+        let mut check = Check::new(entry, limit);
+        let mut remaining = entry.compressed;
+        if entry.method == 0 {
+            while remaining > 0 {
+                let available = r.fill_buf().map_err(|e| corrupt(entry, e))?;
+                if available.is_empty() {
+                    break;
+                }
+                let n =
+                    usize::try_from(remaining).map_or(available.len(), |m| m.min(available.len()));
+                check.feed(&available[..n], sink)?;
+                r.consume(n);
+                remaining -= n as u64;
+            }
+            return check.finish();
+        }
+        // Small entries get a small buffer: zeroing 64 KiB for a 1 KiB file would dominate.
+        let want = usize::try_from(entry.size.saturating_add(1))
+            .unwrap_or(CHUNK)
+            .clamp(512, CHUNK);
+        if self.out.len() < want {
+            self.out.resize(want, 0);
+        }
+        let out = &mut self.out[..want];
+        let inflate = match &mut self.inflate {
+            Some(inflate) => {
+                inflate.reset(false);
+                inflate
+            }
+            none => none.insert(flate2::Decompress::new(false)),
+        };
+        loop {
+            let available = r.fill_buf().map_err(|e| corrupt(entry, e))?;
+            let n = usize::try_from(remaining).map_or(available.len(), |m| m.min(available.len()));
+            let input = &available[..n];
+            let eof = input.is_empty();
+            let (before_in, before_out) = (inflate.total_in(), inflate.total_out());
+            let flush = if eof {
+                flate2::FlushDecompress::Finish
+            } else {
+                flate2::FlushDecompress::None
+            };
+            let status = inflate
+                .decompress(input, out, flush)
+                .map_err(|e| corrupt(entry, format!("corrupt deflate stream: {e}")))?;
+            // Both are bounded by the slices just passed in.
+            let consumed = usize::try_from(inflate.total_in() - before_in).unwrap_or(n);
+            let produced = usize::try_from(inflate.total_out() - before_out).unwrap_or(0);
+            r.consume(consumed);
+            remaining -= consumed as u64;
+            check.feed(&out[..produced], sink)?;
+            match status {
+                flate2::Status::StreamEnd => break,
+                // The input ran out before the stream ended: the size check reports it.
+                _ if eof && produced == 0 => break,
+                _ if !eof && consumed == 0 && produced == 0 => {
+                    return Err(corrupt(entry, "corrupt deflate stream: no progress"));
+                }
+                _ => {}
+            }
+        }
+        check.finish()
+    }
+}
 
 /// Streams one entry's uncompressed bytes into `sink`, enforcing `limit` on what is actually
 /// produced and checking the CRC and size; returns the SHA-256 and the size.
@@ -62,68 +219,58 @@ pub fn stream_entry<R: Read + Seek>(
     sink: &mut dyn Write,
 ) -> Result<(String, u64), PackError> {
     archive::seek_to(r, entry.data_offset)?;
-    let raw = r.take(entry.compressed);
-    let mut reader: Box<dyn Read + '_> = match entry.method {
-        0 => Box::new(raw),
-        _ => Box::new(flate2::read::DeflateDecoder::new(raw)),
-    };
-    let mut sha = Sha256::new();
-    let mut crc = crc32fast::Hasher::new();
-    let mut total: u64 = 0;
-    // Small entries get a small buffer: zeroing 64 KiB per 1 KiB file would dominate.
-    let mut buf = vec![
-        0u8;
-        usize::try_from(entry.size.saturating_add(1))
-            .unwrap_or(CHUNK)
-            .clamp(512, CHUNK)
-    ];
-    let cap = limit.min(entry.size);
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| PackError::Corrupt(format!("`{}`: {e}", entry.name.escape_debug())))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if total > cap {
-            return Err(if total > limit {
-                PackError::EntryTooLarge(format!(
-                    "`{}` expands beyond {limit} bytes",
-                    entry.name.escape_debug()
-                ))
-            } else {
-                PackError::SizeMismatch(format!(
-                    "`{}` expands beyond its declared {} bytes",
-                    entry.name.escape_debug(),
-                    entry.size
-                ))
-            });
-        }
-        sha.update(&buf[..n]);
-        crc.update(&buf[..n]);
-        sink.write_all(&buf[..n])?;
-    }
-    if total != entry.size {
-        return Err(PackError::SizeMismatch(format!(
-            "`{}` has {total} bytes, its header says {}",
-            entry.name.escape_debug(),
-            entry.size
-        )));
-    }
-    if crc.finalize() != entry.crc32 {
-        return Err(PackError::CrcMismatch(format!(
-            "`{}` fails its CRC-32",
-            entry.name.escape_debug()
-        )));
-    }
-    Ok((hex::encode(sha.finalize()), total))
+    let capacity = usize::try_from(entry.compressed)
+        .unwrap_or(CHUNK)
+        .clamp(1, CHUNK);
+    let mut data = BufReader::with_capacity(capacity, r.take(entry.compressed));
+    let (sha, size) = Streamer::default().stream(&mut data, entry, limit, sink)?;
+    Ok((hex::encode(sha), size))
 }
 
-fn read_small<R: Read + Seek>(r: &mut R, entry: &Entry, limit: u64) -> Result<Vec<u8>, PackError> {
-    let mut out = Vec::new();
-    stream_entry(r, entry, limit, &mut out)?;
-    Ok(out)
+/// A reader that knows its position, so that asking for it (before every entry) costs no
+/// system call.
+struct Tracked<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Seek> Tracked<R> {
+    fn new(mut inner: R) -> std::io::Result<Self> {
+        let pos = inner.stream_position()?;
+        Ok(Self { inner, pos })
+    }
+}
+
+impl<R: Read> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for Tracked<R> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.pos = self.inner.seek(to)?;
+        Ok(self.pos)
+    }
+
+    fn stream_position(&mut self) -> std::io::Result<u64> {
+        Ok(self.pos)
+    }
+}
+
+/// Reads a pack file whole (within `limit`), with its SHA-256.
+fn read_small<B: BufRead + Seek>(
+    r: &mut B,
+    streamer: &mut Streamer,
+    entry: &Entry,
+    limit: u64,
+) -> Result<(Vec<u8>, [u8; 32]), PackError> {
+    let mut out = Vec::with_capacity(usize::try_from(entry.size.min(limit)).unwrap_or(0));
+    archive::seek_to(r, entry.data_offset)?;
+    let (sha, _) = streamer.stream(r, entry, limit, &mut out)?;
+    Ok((out, sha))
 }
 
 /// Verifies a pack against `keys`.
@@ -149,6 +296,8 @@ pub fn verify_with_progress<R: Read + Seek>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifiedPack, PackError> {
     let limits = &options.limits;
+    let mut reader = BufReader::with_capacity(READ_BUF, Tracked::new(reader)?);
+    let reader = &mut reader;
     // One forward pass over the archive: each local header is checked where it stands, the
     // entries must tile the file, the two pack files are kept, every other entry is hashed.
     // Nothing is interpreted before the signature is checked below.
@@ -160,30 +309,47 @@ pub fn verify_with_progress<R: Read + Seek>(
     order.sort_by_key(|&i| entries[i].local_offset);
     let mut expected = 0;
     let (mut manifest_bytes, mut sig_bytes) = (None, None);
-    let mut hashes: HashMap<String, (String, u64)> = HashMap::with_capacity(entries.len());
+    let mut hashes: Vec<Option<([u8; 32], u64)>> = vec![None; entries.len()];
+    let mut streamer = Streamer::default();
     let mut done = 0u64;
     for i in order {
         archive::check_local(reader, &mut entries[i])?;
         expected = archive::check_tiling(&entries[i], expected)?;
         let entry = &entries[i];
         match entry.name.as_str() {
-            "pack.json" => manifest_bytes = Some(read_small(reader, entry, MAX_MANIFEST_BYTES)?),
-            "pack.sig" => sig_bytes = Some(read_small(reader, entry, MAX_SIGNATURE_BYTES)?),
-            name => {
+            "pack.json" => {
+                manifest_bytes = Some(read_small(
+                    reader,
+                    &mut streamer,
+                    entry,
+                    MAX_MANIFEST_BYTES,
+                )?);
+            }
+            "pack.sig" => {
+                sig_bytes = Some(read_small(
+                    reader,
+                    &mut streamer,
+                    entry,
+                    MAX_SIGNATURE_BYTES,
+                )?);
+            }
+            _ => {
+                archive::seek_to(reader, entry.data_offset)?;
                 let (sha, size) =
-                    stream_entry(reader, entry, limits.max_entry, &mut std::io::sink())?;
+                    streamer.stream(reader, entry, limits.max_entry, &mut std::io::sink())?;
                 done += size;
                 progress(done);
-                hashes.insert(name.to_owned(), (sha, size));
+                hashes[i] = Some((sha, size));
             }
         }
     }
     archive::check_end(expected, cd_offset)?;
-    let manifest_bytes =
+    let (manifest_bytes, manifest_sha) =
         manifest_bytes.ok_or_else(|| PackError::ManifestMissing("no pack.json".into()))?;
-    let sig_bytes = sig_bytes.ok_or_else(|| PackError::SignatureMissing("no pack.sig".into()))?;
+    let (sig_bytes, _) =
+        sig_bytes.ok_or_else(|| PackError::SignatureMissing("no pack.sig".into()))?;
     let manifest = Manifest::parse(&manifest_bytes)?;
-    let key = sign::verify(&sig_bytes, &manifest_bytes, keys, options.at)?;
+    let key = sign::verify_digest(&sig_bytes, &manifest_sha, keys, options.at)?;
     if let Some(publisher) = &key.publisher
         && *publisher != manifest.publisher
     {
@@ -194,19 +360,29 @@ pub fn verify_with_progress<R: Read + Seek>(
     }
     manifest.validate(limits)?;
 
-    let listed: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
-    if let Some(extra) = entries
+    // Entries are matched to the manifest's files (whose paths `validate` found unique): first
+    // any entry the manifest does not list, in directory order, then every listed file in the
+    // manifest's order.
+    let listed: HashMap<&str, usize> = manifest
+        .files
         .iter()
-        .map(|e| e.name.as_str())
-        .find(|n| *n != "pack.json" && *n != "pack.sig" && !listed.contains(n))
-    {
-        return Err(PackError::FileNotInManifest(format!(
-            "`{}` is not listed in the manifest",
-            extra.escape_debug()
-        )));
+        .enumerate()
+        .map(|(j, f)| (f.path.as_str(), j))
+        .collect();
+    let mut found: Vec<Option<([u8; 32], u64)>> = vec![None; manifest.files.len()];
+    for (entry, hash) in entries.iter().zip(hashes) {
+        let Some(hash) = hash else { continue };
+        let Some(&j) = listed.get(entry.name.as_str()) else {
+            return Err(PackError::FileNotInManifest(format!(
+                "`{}` is not listed in the manifest",
+                entry.name.escape_debug()
+            )));
+        };
+        found[j] = Some(hash);
     }
-    for file in &manifest.files {
-        let Some((sha, size)) = hashes.get(&file.path) else {
+    let mut hex_sha = [0u8; 64];
+    for (file, found) in manifest.files.iter().zip(&found) {
+        let Some((sha, size)) = found else {
             return Err(PackError::FileMissing(format!(
                 "`{}` is listed but not in the archive",
                 file.path
@@ -218,14 +394,17 @@ pub fn verify_with_progress<R: Read + Seek>(
                 file.path, file.size
             )));
         }
-        if *sha != file.sha256 {
+        hex::encode_to_slice(sha, &mut hex_sha)
+            .map_err(|e| PackError::HashMismatch(e.to_string()))?;
+        if hex_sha != file.sha256.as_bytes() {
             return Err(PackError::HashMismatch(format!(
                 "`{}` does not match its SHA-256",
                 file.path
             )));
         }
     }
-    let manifest_sha256 = hex::encode(Sha256::digest(&manifest_bytes));
+    // Computed while the manifest was read.
+    let manifest_sha256 = hex::encode(manifest_sha);
     Ok(VerifiedPack {
         manifest,
         manifest_bytes,

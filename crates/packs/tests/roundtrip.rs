@@ -145,3 +145,47 @@ fn unpack_rechecks_and_leaves_nothing_on_failure() {
         "the staging directory is removed"
     );
 }
+
+/// Content that deflate does not shrink is stored; the rest is deflated; both verify.
+#[test]
+fn incompressible_files_are_stored() {
+    let src = tempfile::tempdir().unwrap();
+    source(src.path(), "pipeline");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..50_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[3]
+        })
+        .collect();
+    std::fs::write(src.path().join("data/noise.bin"), &noise).unwrap();
+    std::fs::write(src.path().join("data/empty.txt"), b"").unwrap();
+    std::fs::write(src.path().join("data/text.txt"), "steps: []\n".repeat(500)).unwrap();
+    let first = build_signed(src.path());
+    assert_eq!(
+        first,
+        build_signed(src.path()),
+        "builds must be byte-identical"
+    );
+    let entries =
+        builderos_packs::archive::read_entries(&mut Cursor::new(&first), &Limits::default())
+            .unwrap();
+    let method = |name: &str| entries.iter().find(|e| e.name == name).unwrap().method;
+    assert_eq!(method("data/noise.bin"), 0);
+    assert_eq!(method("data/empty.txt"), 0);
+    assert_eq!(method("data/text.txt"), 8);
+    assert_eq!(
+        method("pipelines/p.yaml"),
+        0,
+        "10 bytes: deflate can't shrink them"
+    );
+    let pack = verify(
+        &mut Cursor::new(&first),
+        &[trusted(&key(1))],
+        &VerifyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(pack.manifest.files.len(), 5);
+}
