@@ -8,6 +8,10 @@
 //! # Layout
 //! - this file: [`OperatorState`], [`router`], [`app`].
 
+pub mod cron;
+pub mod pipeline;
+pub mod processors;
+
 use axum::Router;
 use builderos_shared::config::Config;
 use builderos_shared::http::{self, ControlState};

@@ -1,0 +1,1 @@
+//! Pipeline definitions (stub; being written).
