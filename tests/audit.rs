@@ -63,6 +63,31 @@ async fn every_change_writes_exactly_one_event() {
         )
         .await;
     let iid = inv["id"].as_str().expect("id").to_owned();
+    let (_, q) = app
+        .post_as(
+            &format!("{o}/projects"),
+            Some(&alice.access),
+            json!({"slug": "ops", "name": "Ops"}),
+        )
+        .await;
+    let qid = q["id"].as_str().expect("id").to_owned();
+    let simple = "steps:\n  - {id: a, role: builder, processor: \"builtin:echo\"}\n";
+    let (s, _) = app
+        .post_as(
+            &format!("{o}/projects/{qid}/pipelines"),
+            Some(&alice.access),
+            json!({"name": "pre", "source": simple}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, run) = app
+        .post_as(
+            &format!("{o}/projects/{qid}/pipelines/pre/runs"),
+            Some(&alice.access),
+            json!({}),
+        )
+        .await;
+    let rid = run["id"].as_str().expect("run").to_owned();
 
     // (method, path, body, expected action, expected target type, expected target id)
     type Step<'a> = (Method, String, Option<Value>, &'a str, &'a str, String);
@@ -226,6 +251,62 @@ async fn every_change_writes_exactly_one_event() {
             String::new(),
         ),
         (
+            Method::POST,
+            format!("{o}/projects/{qid}/pipelines"),
+            Some(json!({"name": "flow", "source": simple})),
+            "pipeline.create",
+            "pipeline",
+            String::new(),
+        ),
+        (
+            Method::PUT,
+            format!("{o}/projects/{qid}/pipelines/flow"),
+            Some(json!({"source": simple})),
+            "pipeline.update",
+            "pipeline",
+            String::new(),
+        ),
+        (
+            Method::POST,
+            format!("{o}/projects/{qid}/pipelines/flow/runs"),
+            Some(json!({"idempotency_key": "once"})),
+            "run.start",
+            "run",
+            String::new(),
+        ),
+        (
+            Method::POST,
+            format!("{o}/runs/{rid}/cancel"),
+            None,
+            "run.cancel",
+            "run",
+            rid.clone(),
+        ),
+        (
+            Method::POST,
+            format!("{o}/processor-allowlist"),
+            Some(json!({"processor": "http://127.0.0.1:9000/run"})),
+            "processor.allow",
+            "processor",
+            "http://127.0.0.1:9000".to_owned(),
+        ),
+        (
+            Method::DELETE,
+            format!("{o}/processor-allowlist?origin=http://127.0.0.1:9000"),
+            None,
+            "processor.disallow",
+            "processor",
+            "http://127.0.0.1:9000".to_owned(),
+        ),
+        (
+            Method::PUT,
+            format!("{o}/run-limits"),
+            Some(json!({"max_concurrency": 4})),
+            "run_limits.update",
+            "org",
+            org.clone(),
+        ),
+        (
             Method::PUT,
             format!("{o}/audit/settings"),
             Some(json!({"retention_days": 365})),
@@ -295,6 +376,45 @@ async fn every_change_writes_exactly_one_event() {
             after.last().expect("e").4.as_str()
         ),
         ("access.denied", "denied")
+    );
+
+    // Starting a run again with its idempotency key changes nothing and records nothing.
+    let before = events(&app, &org).await.len();
+    let (status, _) = app
+        .post_as(
+            &format!("{o}/projects/{qid}/pipelines/flow/runs"),
+            Some(&alice.access),
+            json!({"idempotency_key": "once"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(events(&app, &org).await.len(), before);
+
+    // A start refused for an HTTP processor the org hasn't allowed is one `denied` run.start.
+    let remote = "steps:\n  - {id: a, role: builder, processor: \"http://127.0.0.1:9/run\"}\n";
+    let (status, _) = app
+        .post_as(
+            &format!("{o}/projects/{qid}/pipelines"),
+            Some(&bob.access),
+            json!({"name": "remote", "source": remote}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let before = events(&app, &org).await.len();
+    let (status, _) = app
+        .post_as(
+            &format!("{o}/projects/{qid}/pipelines/remote/runs"),
+            Some(&bob.access),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let after = events(&app, &org).await;
+    assert_eq!(after.len(), before + 1);
+    let last = after.last().expect("e");
+    assert_eq!(
+        (last.1.as_str(), last.2.as_deref(), last.4.as_str()),
+        ("run.start", Some("pipeline"), "denied")
     );
 
     // Platform events (sign-up, sign-in) form their own chain.

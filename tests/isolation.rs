@@ -27,9 +27,28 @@ enum Ep {
     ListTokens,
     CreateToken,
     RevokeToken,
+    ListPipelines,
+    CreatePipeline,
+    GetPipeline,
+    UpdatePipeline,
+    ListPipelineVersions,
+    StartRun,
+    ListRuns,
+    GetRun,
+    CancelRun,
+    RunTimeline,
+    RunLogs,
+    RunEvents,
+    RunReceipts,
+    RunArtifacts,
+    ListAllowlist,
+    AllowProcessor,
+    DisallowProcessor,
+    GetRunLimits,
+    SetRunLimits,
 }
 
-const ALL: [Ep; 18] = [
+const ALL: [Ep; 37] = [
     Ep::GetOrg,
     Ep::RenameOrg,
     Ep::ListMembers,
@@ -48,7 +67,29 @@ const ALL: [Ep; 18] = [
     Ep::ListTokens,
     Ep::CreateToken,
     Ep::RevokeToken,
+    Ep::ListPipelines,
+    Ep::CreatePipeline,
+    Ep::GetPipeline,
+    Ep::UpdatePipeline,
+    Ep::ListPipelineVersions,
+    Ep::StartRun,
+    Ep::ListRuns,
+    Ep::GetRun,
+    Ep::CancelRun,
+    Ep::RunTimeline,
+    Ep::RunLogs,
+    Ep::RunEvents,
+    Ep::RunReceipts,
+    Ep::RunArtifacts,
+    Ep::ListAllowlist,
+    Ep::AllowProcessor,
+    Ep::DisallowProcessor,
+    Ep::GetRunLimits,
+    Ep::SetRunLimits,
 ];
+
+/// A one-step pipeline for the run endpoints.
+const PIPELINE: &str = "steps:\n  - {id: a, role: builder, processor: \"builtin:echo\"}\n";
 
 impl Ep {
     fn permission(self) -> Permission {
@@ -64,15 +105,39 @@ impl Ep {
             Ep::CreateEnvironment | Ep::UpdateEnvironment => Permission::EnvironmentsWrite,
             Ep::ListTokens => Permission::TokensRead,
             Ep::CreateToken | Ep::RevokeToken => Permission::TokensManage,
+            Ep::ListPipelines | Ep::GetPipeline | Ep::ListPipelineVersions => {
+                Permission::PipelinesRead
+            }
+            Ep::CreatePipeline | Ep::UpdatePipeline => Permission::PipelinesWrite,
+            Ep::StartRun | Ep::CancelRun => Permission::RunsWrite,
+            Ep::ListRuns
+            | Ep::GetRun
+            | Ep::RunTimeline
+            | Ep::RunLogs
+            | Ep::RunEvents
+            | Ep::RunReceipts
+            | Ep::RunArtifacts => Permission::RunsRead,
+            Ep::ListAllowlist | Ep::GetRunLimits => Permission::OrgRead,
+            Ep::AllowProcessor | Ep::DisallowProcessor | Ep::SetRunLimits => {
+                Permission::ProcessorsManage
+            }
         }
     }
 
     fn success(self) -> u16 {
         match self {
-            Ep::CreateInvitation | Ep::CreateProject | Ep::CreateEnvironment | Ep::CreateToken => {
-                201
-            }
-            Ep::RemoveMember | Ep::RevokeInvitation | Ep::DeleteProject | Ep::RevokeToken => 204,
+            Ep::CreateInvitation
+            | Ep::CreateProject
+            | Ep::CreateEnvironment
+            | Ep::CreateToken
+            | Ep::CreatePipeline
+            | Ep::StartRun
+            | Ep::AllowProcessor => 201,
+            Ep::RemoveMember
+            | Ep::RevokeInvitation
+            | Ep::DeleteProject
+            | Ep::RevokeToken
+            | Ep::DisallowProcessor => 204,
             _ => 200,
         }
     }
@@ -85,6 +150,8 @@ struct World {
     project: String,
     environment: String,
     viewer: Session,
+    /// A cancelled run, for the read endpoints (its event stream ends at once).
+    run: String,
     n: std::sync::atomic::AtomicU32,
 }
 
@@ -109,6 +176,23 @@ impl World {
     async fn member(&self, role: &str) -> Session {
         let email = format!("m{}@example.com", self.next());
         self.app.member(&self.owner, &self.org, &email, role).await
+    }
+
+    /// Starts a run of the `iso` pipeline as the owner; returns its id.
+    async fn start_run(&self) -> String {
+        let (s, body) = self
+            .app
+            .post_as(
+                &format!(
+                    "/v1/orgs/{}/projects/{}/pipelines/iso/runs",
+                    self.org, self.project
+                ),
+                Some(&self.owner.access),
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+        body["id"].as_str().expect("id").to_owned()
     }
 
     async fn token(&self, permissions: &[Permission]) -> String {
@@ -195,6 +279,68 @@ impl World {
                 format!("{p}/environments/{}", self.environment),
                 Some(json!({"required_approvals": 1})),
             ),
+            Ep::ListPipelines => (Method::GET, format!("{p}/pipelines"), None),
+            Ep::CreatePipeline => (
+                Method::POST,
+                format!("{p}/pipelines"),
+                Some(json!({"name": format!("p{n}"), "source": PIPELINE})),
+            ),
+            Ep::GetPipeline => (Method::GET, format!("{p}/pipelines/iso"), None),
+            Ep::UpdatePipeline => (
+                Method::PUT,
+                format!("{p}/pipelines/iso"),
+                Some(json!({"source": PIPELINE})),
+            ),
+            Ep::ListPipelineVersions => (Method::GET, format!("{p}/pipelines/iso/versions"), None),
+            Ep::StartRun => (
+                Method::POST,
+                format!("{p}/pipelines/iso/runs"),
+                Some(json!({})),
+            ),
+            Ep::ListRuns => (Method::GET, format!("{o}/runs"), None),
+            Ep::GetRun => (Method::GET, format!("{o}/runs/{}", self.run), None),
+            Ep::CancelRun => {
+                let run = self.start_run().await;
+                (Method::POST, format!("{o}/runs/{run}/cancel"), None)
+            }
+            Ep::RunTimeline => (Method::GET, format!("{o}/runs/{}/timeline", self.run), None),
+            Ep::RunLogs => (Method::GET, format!("{o}/runs/{}/logs", self.run), None),
+            Ep::RunEvents => (Method::GET, format!("{o}/runs/{}/events", self.run), None),
+            Ep::RunReceipts => (Method::GET, format!("{o}/runs/{}/receipts", self.run), None),
+            Ep::RunArtifacts => (
+                Method::GET,
+                format!("{o}/runs/{}/artifacts", self.run),
+                None,
+            ),
+            Ep::ListAllowlist => (Method::GET, format!("{o}/processor-allowlist"), None),
+            Ep::AllowProcessor => (
+                Method::POST,
+                format!("{o}/processor-allowlist"),
+                Some(json!({"processor": format!("http://127.0.0.1:{}", 10_000 + n)})),
+            ),
+            Ep::DisallowProcessor => {
+                let origin = format!("http://127.0.0.1:{}", 30_000 + n);
+                let (s, body) = self
+                    .app
+                    .post_as(
+                        &format!("/v1/orgs/{}/processor-allowlist", self.org),
+                        Some(&self.owner.access),
+                        json!({"processor": origin}),
+                    )
+                    .await;
+                assert_eq!(s, 201, "{body}");
+                (
+                    Method::DELETE,
+                    format!("{o}/processor-allowlist?origin={origin}"),
+                    None,
+                )
+            }
+            Ep::GetRunLimits => (Method::GET, format!("{o}/run-limits"), None),
+            Ep::SetRunLimits => (
+                Method::PUT,
+                format!("{o}/run-limits"),
+                Some(json!({"max_concurrency": 8})),
+            ),
             Ep::ListTokens => (Method::GET, format!("{o}/tokens"), None),
             Ep::CreateToken => (
                 Method::POST,
@@ -220,9 +366,23 @@ impl World {
         }
     }
 
+    /// Calls `ep`; the body is read as JSON when it is JSON (logs are text, events a stream).
     async fn call(&self, ep: Ep, org: &str, token: Option<&str>) -> (u16, Value) {
         let (method, path, body) = self.request(ep, org).await;
-        self.app.call(method, &path, token, body).await
+        let mut req = self.app.client.request(method.clone(), self.app.url(&path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_else(|e| panic!("body: {e}"));
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 }
 
@@ -253,10 +413,35 @@ async fn isolation_matrix() {
         project: project_id,
         environment,
         viewer: owner.clone(),
+        run: String::new(),
         n: 0.into(),
     };
     let viewer = world.member("viewer").await;
-    let world = World { viewer, ..world };
+    let (s, body) = world
+        .app
+        .post_as(
+            &format!("/v1/orgs/{org}/projects/{}/pipelines", world.project),
+            Some(&owner.access),
+            json!({"name": "iso", "source": PIPELINE}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let run = world.start_run().await;
+    let (s, body) = world
+        .app
+        .call(
+            Method::POST,
+            &format!("/v1/orgs/{org}/runs/{run}/cancel"),
+            Some(&owner.access),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let world = World {
+        viewer,
+        run,
+        ..world
+    };
 
     let outsider = world.app.signup("outsider@example.com").await;
     let outsider_org = world.app.create_org(&outsider, "elsewhere").await;
@@ -335,6 +520,13 @@ async fn isolation_matrix() {
                 | Ep::CreateEnvironment
                 | Ep::UpdateEnvironment
                 | Ep::ChangeRole
+                | Ep::GetPipeline
+                | Ep::UpdatePipeline
+                | Ep::StartRun
+                | Ep::GetRun
+                | Ep::CancelRun
+                | Ep::RunEvents
+                | Ep::RunArtifacts
         ) {
             let (status, _) = world.call(ep, &outsider_org, Some(&outsider.access)).await;
             assert_eq!(

@@ -57,6 +57,8 @@ pub struct AppState {
     pub prompt_limits: prompts::Limits,
     /// This replica's read cache of tokens and prompt references.
     pub cache: Arc<cache::Cache>,
+    /// Where the operator keeps run artifacts (read by the artifact downloads).
+    pub artifacts: Arc<dyn builderos_operator::artifacts::ArtifactStore>,
 }
 
 /// The JWT issuer every access token names.
@@ -95,6 +97,9 @@ impl AppState {
                 max_spec_bytes: config.prompt_max_spec_bytes,
                 max_bundle_bytes: config.prompt_max_bundle_bytes,
             },
+            artifacts: Arc::new(builderos_operator::artifacts::LocalStore::new(
+                config.artifacts_dir.clone(),
+            )),
         })
     }
 }
@@ -125,6 +130,9 @@ impl FromRef<AppState> for ControlState {
         (name = "prompts", description = "The shared prompt registry: prompts, versions, labels, fetch, diff"),
         (name = "prompt evals", description = "Eval cases, recorded results and regressions between versions"),
         (name = "prompt bundles", description = "promptpack.zip export and import"),
+        (name = "pipelines", description = "Pipeline definitions of a project, their versions, and the shipped templates"),
+        (name = "runs", description = "Runs: start, list, status, cancel, timeline, logs, event stream, receipts, artifacts"),
+        (name = "processors", description = "The org's HTTP processor allowlist and run concurrency limit"),
     )
 )]
 struct ApiDoc;

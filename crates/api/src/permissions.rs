@@ -76,6 +76,8 @@ permissions! {
     RunsRead => "read:runs", Viewer;
     /// Start and cancel runs.
     RunsWrite => "write:runs", Builder;
+    /// Allow HTTP processors and set the org's run concurrency limit.
+    ProcessorsManage => "manage:processors", Admin;
     /// Read deployments.
     DeploymentsRead => "read:deployments", Viewer;
     /// Deploy to unprotected environments and request protected deploys.
@@ -233,6 +235,7 @@ mod tests {
                 ("write:pipelines", "builder"),
                 ("read:runs", "viewer"),
                 ("write:runs", "builder"),
+                ("manage:processors", "admin"),
                 ("read:deployments", "viewer"),
                 ("write:deployments", "builder"),
                 ("decide:approvals", "reviewer"),

@@ -99,12 +99,20 @@ async fn dev_serve(config: &Config, app_url: &str, owner_url: &str) -> Result<()
         config.body_limit_bytes,
     );
     let mailer = start_mailer(config, &pool)?;
+    let worker = builderos_operator::runner::spawn_worker(
+        config,
+        app_url,
+        builderos_operator::runner::worker_config(config),
+    )
+    .map_err(CommandError::DatabaseUrl)?;
     let listener = bind(config.http_addr).await?;
     let addr = listener.local_addr().map_err(CommandError::Serve)?;
     println!(
         "BuilderOS is running at http://{addr} (API docs: http://{addr}/docs; operator: http://{addr}/operator/health). Ctrl-C stops it."
     );
-    serve_until_signal(listener, app, pool, Some(mailer)).await
+    let served = serve_until_signal(listener, app, pool, Some(mailer)).await;
+    worker.stop().await;
+    served
 }
 
 /// Serves until Ctrl-C/SIGTERM, then stops the mailer (if any) and closes the pool.
@@ -144,17 +152,28 @@ pub async fn serve(config: &Config) -> Result<(), CommandError> {
     serve_until_signal(listener, app, pool, Some(mailer)).await
 }
 
-/// `builderos operator`: the operator's control server (and, with the operator issue, its workers).
+/// `builderos operator`: a worker running pipeline steps from the queue, and the operator's
+/// control server. SIGTERM/Ctrl-C stops claiming, lets running steps finish within the grace
+/// period and returns the rest to the queue.
 pub async fn operator(config: &Config) -> Result<(), CommandError> {
     config.log_resolved("operator");
     let pool = app_pool(config)?;
+    let url = config.require_db_url()?;
+    let worker = builderos_operator::runner::spawn_worker(
+        config,
+        url.expose(),
+        builderos_operator::runner::worker_config(config),
+    )
+    .map_err(CommandError::DatabaseUrl)?;
     let app = builderos_operator::app(
         builderos_operator::OperatorState::new(config, pool.clone()),
         config.body_limit_bytes,
     );
     let listener = bind(config.operator_addr).await?;
-    tracing::info!(addr = %config.operator_addr, "operator control server listening");
-    serve_until_signal(listener, app, pool, None).await
+    tracing::info!(addr = %config.operator_addr, worker = %worker.worker, "operator listening and working");
+    let served = serve_until_signal(listener, app, pool, None).await;
+    worker.stop().await;
+    served
 }
 
 /// `builderos migrate`.

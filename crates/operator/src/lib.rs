@@ -8,9 +8,15 @@
 //! # Layout
 //! - this file: [`OperatorState`], [`router`], [`app`].
 
+pub mod artifacts;
 pub mod cron;
 pub mod pipeline;
 pub mod processors;
+pub mod receipt;
+pub mod runner;
+pub mod scheduler;
+pub mod store;
+pub mod worker;
 
 use axum::Router;
 use builderos_shared::config::Config;

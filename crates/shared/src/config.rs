@@ -231,6 +231,9 @@ impl ConfigError {
 pub struct Config {
     /// `BR_OS_ENV`: local (default), dev, test, staging, production.
     pub env: Environment,
+    /// `CI`: `true` on a CI machine. Steps in `real` mode then fail with `ERR_CI_SAFETY`
+    /// before any processor is called.
+    pub ci: bool,
     /// `BR_OS_DB_URL`: the app role's connection URL. Unset under `dev` means "embedded cluster".
     pub db_url: Option<Secret>,
     /// `BR_OS_MIGRATE_DB_URL`: the schema owner's URL for `migrate` (defaults to `BR_OS_DB_URL`).
@@ -243,6 +246,9 @@ pub struct Config {
     pub operator_addr: SocketAddr,
     /// `BR_OS_DATA_DIR`: the embedded cluster's home for `dev` (default `.builderos`).
     pub data_dir: PathBuf,
+    /// `BR_OS_ARTIFACTS_DIR`: where run artifacts (step outputs, indexes, receipts) are kept
+    /// by the local artifact store (default `<BR_OS_DATA_DIR>/artifacts`).
+    pub artifacts_dir: PathBuf,
     /// `BR_OS_PG_BINDIR`: PostgreSQL server binaries to use instead of searching for them.
     pub pg_bindir: Option<PathBuf>,
     /// `BR_OS_VERSION`: the API's reported version (default: the crate version).
@@ -255,6 +261,9 @@ pub struct Config {
     pub operator_commit: String,
     /// `BR_OS_OPERATOR_MAX_CONCURRENCY`: steps one operator process runs at once (default 8).
     pub operator_max_concurrency: u32,
+    /// `BR_OS_OPERATOR_LEASE_SECONDS`: how long a claimed step stays with an operator that
+    /// stops sending heartbeats before another may take it over (default 15).
+    pub operator_lease: Duration,
     /// `BR_OS_OPERATOR_DEFAULT_TIMEOUT_SECONDS`: a step's timeout when its pipeline sets none (default 300).
     pub operator_default_timeout: Duration,
     /// `BR_OS_BODY_LIMIT_BYTES`: the largest request body accepted (default 1 MiB).
@@ -374,6 +383,7 @@ impl Config {
         let oauth_providers = parse_oauth(&get, &public_url)?;
         Ok(Self {
             env,
+            ci: get("CI").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
             oauth_providers,
             smtp_url,
             mail_from: get("BR_OS_MAIL_FROM")
@@ -386,6 +396,14 @@ impl Config {
             db_max_connections: parse_num(&get, "BR_OS_DB_MAX_CONNECTIONS", 10, 1, 1000)?,
             http_addr,
             operator_addr: parse_addr(&get, "BR_OS_OPERATOR_ADDR", "127.0.0.1:8081")?,
+            artifacts_dir: get("BR_OS_ARTIFACTS_DIR").map_or_else(
+                || {
+                    get("BR_OS_DATA_DIR")
+                        .map_or_else(|| PathBuf::from(".builderos"), PathBuf::from)
+                        .join("artifacts")
+                },
+                PathBuf::from,
+            ),
             data_dir: get("BR_OS_DATA_DIR")
                 .map_or_else(|| PathBuf::from(".builderos"), PathBuf::from),
             pg_bindir: get("BR_OS_PG_BINDIR").map(PathBuf::from),
@@ -400,6 +418,9 @@ impl Config {
                 1,
                 10_000,
             )?,
+            operator_lease: Duration::from_secs(
+                parse_num(&get, "BR_OS_OPERATOR_LEASE_SECONDS", 15, 1, 3600)?.into(),
+            ),
             operator_default_timeout: Duration::from_secs(
                 parse_num(
                     &get,
@@ -469,17 +490,20 @@ impl Config {
         tracing::info!(
             command,
             env = self.env.as_str(),
+            ci = self.ci,
             db_url = self.db_url.as_ref().map(|u| mask_db_url(u.expose())).as_deref().unwrap_or("(embedded)"),
             migrate_db_url = self.migrate_db_url.as_ref().map(|u| mask_db_url(u.expose())).as_deref().unwrap_or("(BR_OS_DB_URL)"),
             db_max_connections = self.db_max_connections,
             http_addr = %self.http_addr,
             operator_addr = %self.operator_addr,
             data_dir = %self.data_dir.display(),
+            artifacts_dir = %self.artifacts_dir.display(),
             version = %self.version,
             commit = %self.commit,
             operator_version = %self.operator_version,
             operator_commit = %self.operator_commit,
             operator_max_concurrency = self.operator_max_concurrency,
+            operator_lease_seconds = self.operator_lease.as_secs(),
             operator_default_timeout_seconds = self.operator_default_timeout.as_secs(),
             body_limit_bytes = self.body_limit_bytes,
             public_url = %self.public_url,

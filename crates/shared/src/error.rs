@@ -91,6 +91,30 @@ error_codes! {
     BundleHashMismatch => ("ERR_BUNDLE_HASH_MISMATCH", 422),
     /// The bundle conflicts with prompts already in the org (same version, other content); nothing was imported.
     BundleConflict => ("ERR_BUNDLE_CONFLICT", 409),
+    /// The pipeline definition is not YAML/JSON, or repeats a key (details: `line`, `path`).
+    PipelineParse => ("ERR_PIPELINE_PARSE", 422),
+    /// The pipeline definition breaks the schema: unknown or missing field, wrong type, bad slug, no steps or too many.
+    PipelineSchema => ("ERR_PIPELINE_SCHEMA", 422),
+    /// Two steps of the pipeline share an id.
+    PipelineDuplicateStep => ("ERR_PIPELINE_DUPLICATE_STEP", 422),
+    /// A step's `depends_on` names a step that doesn't exist, or the step itself.
+    PipelineUnknownStep => ("ERR_PIPELINE_UNKNOWN_STEP", 422),
+    /// The steps' `depends_on` form a cycle.
+    PipelineCycle => ("ERR_PIPELINE_CYCLE", 422),
+    /// A step's `retries` is out of bounds or malformed.
+    PipelineRetries => ("ERR_PIPELINE_RETRIES", 422),
+    /// A step's `timeout` is out of bounds or malformed.
+    PipelineTimeout => ("ERR_PIPELINE_TIMEOUT", 422),
+    /// A step's `processor` is not `builtin:<name>` or an acceptable http(s) URL.
+    PipelineProcessor => ("ERR_PIPELINE_PROCESSOR", 422),
+    /// A malformed `${…}` reference, or one to a step that is not an ancestor.
+    PipelineInputRef => ("ERR_PIPELINE_INPUT_REF", 422),
+    /// A cron trigger's expression is not 5 valid fields or an accepted nickname.
+    CronInvalid => ("ERR_CRON_INVALID", 422),
+    /// A cron trigger's time zone is not an IANA name.
+    TimezoneInvalid => ("ERR_TIMEZONE_INVALID", 422),
+    /// The pipeline calls HTTP processors the org has not allow-listed (details: `origins`).
+    ProcessorNotAllowed => ("ERR_PROCESSOR_NOT_ALLOWED", 403),
     /// An unexpected failure inside the server; details are in the logs under the request id.
     Internal => ("ERR_INTERNAL", 500),
     /// A dependency (the database) is unreachable; retry later.
@@ -178,6 +202,18 @@ mod tests {
                 ("ERR_BUNDLE_INVALID", 422),
                 ("ERR_BUNDLE_HASH_MISMATCH", 422),
                 ("ERR_BUNDLE_CONFLICT", 409),
+                ("ERR_PIPELINE_PARSE", 422),
+                ("ERR_PIPELINE_SCHEMA", 422),
+                ("ERR_PIPELINE_DUPLICATE_STEP", 422),
+                ("ERR_PIPELINE_UNKNOWN_STEP", 422),
+                ("ERR_PIPELINE_CYCLE", 422),
+                ("ERR_PIPELINE_RETRIES", 422),
+                ("ERR_PIPELINE_TIMEOUT", 422),
+                ("ERR_PIPELINE_PROCESSOR", 422),
+                ("ERR_PIPELINE_INPUT_REF", 422),
+                ("ERR_CRON_INVALID", 422),
+                ("ERR_TIMEZONE_INVALID", 422),
+                ("ERR_PROCESSOR_NOT_ALLOWED", 403),
                 ("ERR_INTERNAL", 500),
                 ("ERR_UNAVAILABLE", 503),
             ]

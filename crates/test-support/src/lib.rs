@@ -181,8 +181,11 @@ impl TestDb {
 /// Never: the defaults always parse.
 #[must_use]
 pub fn test_config() -> Config {
-    Config::from_lookup(|name| (name == "BR_OS_ENV").then(|| "test".to_owned()))
-        .unwrap_or_else(|e| panic!("default config: {e}"))
+    let mut config = Config::from_lookup(|name| (name == "BR_OS_ENV").then(|| "test".to_owned()))
+        .unwrap_or_else(|e| panic!("default config: {e}"));
+    // Artifacts of this test process go beside its cluster and are swept with it.
+    config.artifacts_dir = test_root(std::process::id()).join("artifacts");
+    config
 }
 
 /// The API served on a random loopback port, over its own fresh database.
@@ -369,6 +372,36 @@ impl TestApp {
             .await
     }
 
+    /// Starts an operator worker over this app's database (test settings: a 2 s lease, quick
+    /// polling, a short shutdown grace). Stop it with `.stop().await`.
+    ///
+    /// # Panics
+    /// On an invalid database URL (never for URLs made here).
+    #[must_use]
+    pub fn start_operator(&self) -> builderos_operator::runner::Running {
+        self.start_operator_with(|_, _| {})
+    }
+
+    /// [`TestApp::start_operator`] with the configuration and worker settings adjusted by
+    /// `adjust`.
+    ///
+    /// # Panics
+    /// On an invalid database URL (never for URLs made here).
+    #[must_use]
+    pub fn start_operator_with(
+        &self,
+        adjust: impl FnOnce(&mut Config, &mut builderos_operator::worker::WorkerConfig),
+    ) -> builderos_operator::runner::Running {
+        let mut config = test_config();
+        let mut worker = builderos_operator::runner::worker_config(&config);
+        worker.lease = std::time::Duration::from_secs(2);
+        worker.poll = std::time::Duration::from_millis(200);
+        worker.shutdown_grace = std::time::Duration::from_secs(2);
+        adjust(&mut config, &mut worker);
+        builderos_operator::runner::spawn_worker(&config, &self.db.app_url, worker)
+            .unwrap_or_else(|e| panic!("operator: {e}"))
+    }
+
     /// `GET` as `token` until `check` holds, for at most 10 s (a third of the read cache's
     /// expiry): for changes that reach this replica through a PostgreSQL notification — writes
     /// made by another replica or straight into the database.
@@ -521,4 +554,79 @@ pub async fn json(response: reqwest::Response) -> serde_json::Value {
         .await
         .unwrap_or_else(|e| panic!("reading body: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"))
+}
+
+/// A `builderos operator` child process for tests and benches. It is killed when this handle
+/// is dropped, and — by a small watcher — when the test process dies first, so a failing test
+/// never leaves an operator behind.
+#[derive(Debug)]
+pub struct OperatorProcess {
+    child: std::process::Child,
+}
+
+impl OperatorProcess {
+    /// Starts `bin operator` over `db_url` with the test artifacts directory, a random control
+    /// port, warn-level logs on stderr, and `env` on top.
+    ///
+    /// # Panics
+    /// When the process can't be started.
+    #[must_use]
+    pub fn spawn(bin: &str, db_url: &str, env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(bin);
+        command
+            .arg("operator")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BR_OS_DB_URL", db_url)
+            .env("BR_OS_OPERATOR_ADDR", "127.0.0.1:0")
+            .env("BR_OS_ARTIFACTS_DIR", test_config().artifacts_dir)
+            .env("BR_OS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin} operator: {e}"));
+        let watcher = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {me} 2>/dev/null && kill -0 {child} 2>/dev/null; do sleep 0.2; done; kill -9 {child} 2>/dev/null",
+                me = std::process::id(),
+                child = child.id()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+        if let Err(e) = watcher {
+            eprintln!("warning: cannot watch the operator child ({e})");
+        }
+        Self { child }
+    }
+
+    /// The child's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    ///
+    /// # Panics
+    /// When the process can't be signalled or waited for.
+    pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("{signal}: {e}"));
+        self.child.wait().unwrap_or_else(|e| panic!("wait: {e}"));
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

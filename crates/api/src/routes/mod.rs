@@ -6,10 +6,13 @@ mod invitations;
 mod magic;
 mod oauth;
 mod orgs;
+mod pipelines;
+mod processors;
 mod projects;
 mod prompt_bundles;
 mod prompt_evals;
 mod prompts;
+mod runs;
 mod tokens;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -26,6 +29,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .merge(prompts::router())
         .merge(prompt_evals::router())
         .merge(prompt_bundles::router())
+        .merge(pipelines::router())
+        .merge(runs::router())
+        .merge(processors::router())
 }
 
 use builderos_shared::error::ErrorCode;

@@ -1,0 +1,786 @@
+//! A worker: claims jobs in batches, runs each step through its processor, writes outputs,
+//! index and receipt to the artifact store, and records results in batches.
+//!
+//! One worker per `builderos operator` process; several processes share the queue safely
+//! (claims lock rows with `SKIP LOCKED`, a step's completion counts once). Tasks:
+//! - the claim loop (wakes on `builderos_jobs` notifications, polls as a fallback),
+//! - one task per running step,
+//! - the completer, which records finished attempts in batches,
+//! - the heartbeat, which extends leases and stops steps of cancelled runs,
+//! - the cron scheduler and the queue gauges.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::artifacts::ArtifactStore;
+use crate::pipeline::{self, Definition, OnFailure, Step};
+use crate::processors::Processors;
+use crate::processors::contract::{Envelope, Mode, Request};
+use crate::receipt::{Attempt, OutputIndex, Receipt};
+use crate::store::{self, Claimed, StepContext};
+
+/// Outputs up to this size (valid UTF-8) can be referenced by later steps' inputs.
+pub const MAX_REFERENCEABLE_OUTPUT: usize = 16 * 1024;
+
+/// Error codes after which a step is not retried: retrying cannot help.
+const FINAL_CODES: &[&str] = &[
+    "ERR_CANCELLED",
+    "ERR_CI_SAFETY",
+    "ERR_PROCESSOR_NOT_ALLOWED",
+    "ERR_PIPELINE_INPUT_REF",
+    "ERR_PROCESSOR_INPUTS",
+];
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Steps this process runs at once (`BR_OS_OPERATOR_MAX_CONCURRENCY`).
+    pub concurrency: u32,
+    /// Most jobs claimed per round trip.
+    pub batch: u32,
+    /// Most results recorded per round trip.
+    pub complete_batch: usize,
+    /// How long a claim holds a job without a heartbeat.
+    pub lease: Duration,
+    /// An org's concurrency limit when it has not set one.
+    pub default_org_limit: u32,
+    /// How often an idle worker looks for jobs without a notification.
+    pub poll: Duration,
+    /// How long a graceful shutdown waits for running steps before returning them to the queue.
+    pub shutdown_grace: Duration,
+    /// Whether this process runs the cron scheduler.
+    pub cron: bool,
+    /// A step's timeout when its pipeline sets none.
+    pub default_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            batch: 64,
+            complete_batch: 256,
+            lease: Duration::from_secs(15),
+            default_org_limit: 16,
+            poll: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            cron: true,
+            default_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A step attempt's result, waiting to be recorded.
+struct Completion {
+    job: i64,
+    item: Value,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    run: Option<Uuid>,
+    cancel: CancellationToken,
+}
+
+/// The worker of one operator process.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: Uuid,
+    pool: PgPool,
+    config: WorkerConfig,
+    processors: Processors,
+    artifacts: Arc<dyn ArtifactStore>,
+    slots: Arc<Semaphore>,
+    inflight: Mutex<HashMap<i64, InFlight>>,
+    snapshots: Mutex<HashMap<Uuid, Arc<Definition>>>,
+    wake: Notify,
+    check_cancel: Notify,
+}
+
+impl Worker {
+    /// A worker over the operator's pool (see [`store::operator_pool`]).
+    #[must_use]
+    pub fn new(
+        pool: PgPool,
+        config: WorkerConfig,
+        processors: Processors,
+        artifacts: Arc<dyn ArtifactStore>,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1) as usize));
+        Self {
+            inner: Arc::new(Inner {
+                id: Uuid::now_v7(),
+                pool,
+                config,
+                processors,
+                artifacts,
+                slots,
+                inflight: Mutex::new(HashMap::new()),
+                snapshots: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                check_cancel: Notify::new(),
+            }),
+        }
+    }
+
+    /// This worker's id (the lease owner it writes).
+    #[must_use]
+    pub fn id(&self) -> Uuid {
+        self.inner.id
+    }
+
+    /// Runs until `shutdown` fires, then stops claiming, waits up to the grace period for
+    /// running steps, returns the rest to the queue and records what finished.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let inner = self.inner;
+        let (tx, rx) = mpsc::unbounded_channel::<Completion>();
+        let stop_aux = CancellationToken::new();
+        let completer = tokio::spawn(completer(inner.clone(), rx));
+        let listener = tokio::spawn(listen(inner.clone(), stop_aux.clone()));
+        let heartbeat = tokio::spawn(heartbeat(inner.clone(), stop_aux.clone()));
+        let gauges = tokio::spawn(gauges(inner.clone(), stop_aux.clone()));
+        let cron = inner
+            .config
+            .cron
+            .then(|| tokio::spawn(crate::scheduler::run(inner.pool.clone(), stop_aux.clone())));
+        tracing::info!(worker = %inner.id, concurrency = inner.config.concurrency, "operator worker started");
+
+        claim_loop(&inner, &tx, &shutdown).await;
+
+        // Graceful shutdown: no more claims; give running steps the grace period.
+        let deadline = Instant::now() + inner.config.shutdown_grace;
+        while inflight_count(&inner) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left: Vec<(i64, CancellationToken)> = lock(&inner.inflight)
+            .iter()
+            .map(|(id, f)| (*id, f.cancel.clone()))
+            .collect();
+        if !left.is_empty() {
+            let ids: Vec<i64> = left.iter().map(|(id, _)| *id).collect();
+            match store::release(&inner.pool, inner.id, &ids).await {
+                Ok(n) => tracing::info!(released = n, "returned unfinished steps to the queue"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not return steps; their leases will expire")
+                }
+            }
+            for (_, cancel) in left {
+                cancel.cancel();
+            }
+        }
+        drop(tx);
+        let _ = completer.await;
+        stop_aux.cancel();
+        let _ = listener.await;
+        let _ = heartbeat.await;
+        let _ = gauges.await;
+        if let Some(cron) = cron {
+            let _ = cron.await;
+        }
+        tracing::info!(worker = %inner.id, "operator worker stopped");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn inflight_count(inner: &Inner) -> usize {
+    lock(&inner.inflight).len()
+}
+
+async fn claim_loop(
+    inner: &Arc<Inner>,
+    tx: &mpsc::UnboundedSender<Completion>,
+    shutdown: &CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        // Wait for at least one free slot.
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return,
+            permit = inner.slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < inner.config.batch as usize {
+            match inner.slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let want = u32::try_from(permits.len()).unwrap_or(u32::MAX);
+        let claimed = store::claim(
+            &inner.pool,
+            inner.id,
+            want,
+            inner.config.lease,
+            inner.config.default_org_limit,
+        )
+        .await;
+        let (jobs, expired) = match claimed {
+            Ok(r) => {
+                backoff = Duration::from_millis(50);
+                r
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claim failed; retrying");
+                drop(permits);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if expired > 0 {
+            metrics::counter!("builderos_operator_lease_expiries_total").increment(expired);
+            tracing::warn!(expired, "took back jobs whose lease expired");
+        }
+        if jobs.is_empty() {
+            drop(permits);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = inner.wake.notified() => {}
+                () = tokio::time::sleep(inner.config.poll) => {}
+            }
+            continue;
+        }
+        permits.truncate(jobs.len());
+        dispatch(inner, tx, jobs, permits).await;
+    }
+}
+
+async fn dispatch(
+    inner: &Arc<Inner>,
+    tx: &mpsc::UnboundedSender<Completion>,
+    jobs: Vec<Claimed>,
+    mut permits: Vec<OwnedSemaphorePermit>,
+) {
+    let mut steps = Vec::new();
+    for job in jobs {
+        let permit = permits.pop();
+        if job.kind == "noop" {
+            metrics::counter!("builderos_operator_jobs_started_total", "org" => job.org_id.to_string()).increment(1);
+            let _ = tx.send(Completion {
+                job: job.job_id,
+                item: json!({"job": job.job_id, "noop": true}),
+                _permit: permit,
+            });
+        } else {
+            steps.push((job, permit));
+        }
+    }
+    if steps.is_empty() {
+        return;
+    }
+    let ids: Vec<i64> = steps.iter().map(|(j, _)| j.job_id).collect();
+    let contexts = loop {
+        match store::started(&inner.pool, &ids).await {
+            Ok(c) => break c,
+            Err(e) => {
+                // Keep the claim: the leases protect the jobs while the database is away.
+                tracing::warn!(error = %e, "marking steps started failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let mut by_job: HashMap<i64, StepContext> =
+        contexts.into_iter().map(|c| (c.job_id, c)).collect();
+    let missing: Vec<Uuid> = {
+        let cache = lock(&inner.snapshots);
+        let mut runs: Vec<Uuid> = by_job
+            .values()
+            .map(|c| c.run_id)
+            .filter(|r| !cache.contains_key(r))
+            .collect();
+        runs.sort_unstable();
+        runs.dedup();
+        runs
+    };
+    if !missing.is_empty() {
+        let rows = loop {
+            match store::snapshots(&inner.pool, &missing).await {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    // As above: the leases hold the jobs while the database is away.
+                    tracing::warn!(error = %e, "loading run snapshots failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let mut cache = lock(&inner.snapshots);
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        for (run, snapshot) in rows {
+            match serde_json::from_value::<Definition>(snapshot.0) {
+                Ok(def) => {
+                    cache.insert(run, Arc::new(def));
+                }
+                Err(e) => tracing::error!(run = %run, error = %e, "unreadable run snapshot"),
+            }
+        }
+    }
+    for (job, permit) in steps {
+        let Some(ctx) = by_job.remove(&job.job_id) else {
+            // The run is gone: drop the job.
+            let _ = tx.send(Completion {
+                job: job.job_id,
+                item: json!({"job": job.job_id, "noop": true}),
+                _permit: permit,
+            });
+            continue;
+        };
+        let def = lock(&inner.snapshots).get(&ctx.run_id).cloned();
+        let cancel = CancellationToken::new();
+        lock(&inner.inflight).insert(
+            job.job_id,
+            InFlight {
+                run: Some(ctx.run_id),
+                cancel: cancel.clone(),
+            },
+        );
+        let inner = inner.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let item = execute(&inner, &ctx, def.as_deref(), &cancel).await;
+            metrics::histogram!("builderos_operator_step_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let _ = tx.send(Completion {
+                job: ctx.job_id,
+                item,
+                _permit: permit,
+            });
+        });
+    }
+}
+
+/// Runs one step attempt and returns its result item for `operator_complete`.
+async fn execute(
+    inner: &Inner,
+    ctx: &StepContext,
+    def: Option<&Definition>,
+    cancel: &CancellationToken,
+) -> Value {
+    let org = ctx.org_id.to_string();
+    metrics::counter!("builderos_operator_jobs_started_total", "org" => org.clone()).increment(1);
+    let started_at = Utc::now();
+    let execution_id = Uuid::now_v7().to_string();
+    let write_prefix = format!("runs/{}/{}/{}/", ctx.run_id, ctx.step_id, ctx.attempt);
+    let step = def.and_then(|d| d.step(&ctx.step_id));
+    let (Some(def), Some(step)) = (def, step) else {
+        return failed_item(
+            ctx,
+            None,
+            &execution_id,
+            started_at,
+            "ERR_INTERNAL",
+            "the run's definition snapshot lacks this step",
+            None,
+        );
+    };
+    if !matches!(ctx.state.as_str(), "queued" | "running") {
+        return failed_item(
+            ctx,
+            Some((def, step)),
+            &execution_id,
+            started_at,
+            "ERR_CANCELLED",
+            "the run is no longer active",
+            None,
+        );
+    }
+    let mode = if ctx.mode == "real" {
+        Mode::Real
+    } else {
+        Mode::Mock
+    };
+    let run_inputs = ctx.inputs.0.as_object().cloned().unwrap_or_default();
+    let outputs: BTreeMap<String, BTreeMap<String, String>> =
+        serde_json::from_value(ctx.outputs.0.clone()).unwrap_or_default();
+    let inputs = match pipeline::resolve_inputs(step, &run_inputs, &outputs) {
+        Ok(v) => v,
+        Err(e) => {
+            return failed_item(
+                ctx,
+                Some((def, step)),
+                &execution_id,
+                started_at,
+                e.code,
+                &e.message,
+                None,
+            );
+        }
+    };
+    if let Some(origin) = step.processor.allowlist_key() {
+        let allowed = loop {
+            match store::is_allowed(&inner.pool, ctx.org_id, &origin).await {
+                Ok(allowed) => break allowed,
+                Err(e) if cancel.is_cancelled() => {
+                    tracing::debug!(error = %e, "allowlist check abandoned: cancelled");
+                    break false;
+                }
+                Err(e) => {
+                    // The lease holds the job while the database is away.
+                    tracing::warn!(error = %e, "checking the processor allowlist failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        if !allowed {
+            let (code, message) = if cancel.is_cancelled() {
+                ("ERR_CANCELLED", "the run is no longer active".to_owned())
+            } else {
+                (
+                    "ERR_PROCESSOR_NOT_ALLOWED",
+                    format!("the org has not allowed the processor {origin}"),
+                )
+            };
+            return failed_item(
+                ctx,
+                Some((def, step)),
+                &execution_id,
+                started_at,
+                code,
+                &message,
+                None,
+            );
+        }
+    }
+    let request = Request {
+        execution_id: execution_id.clone(),
+        mode,
+        inputs: inputs.clone(),
+        write_prefix: write_prefix.clone(),
+    };
+    let envelope = inner
+        .processors
+        .invoke(
+            &step.processor,
+            &request,
+            step.timeout.unwrap_or(inner.config.default_timeout),
+            cancel,
+        )
+        .await;
+    let finished_at = Utc::now();
+    let receipt = Receipt::from_envelope(
+        &Attempt {
+            run_id: ctx.run_id,
+            step_id: &ctx.step_id,
+            attempt: u32::try_from(ctx.attempt).unwrap_or(0),
+            processor: &step.processor,
+            request: &request,
+            started_at,
+            finished_at,
+        },
+        &envelope,
+    );
+    let org_id = ctx.org_id;
+    match &envelope {
+        Envelope::Success {
+            outputs,
+            index_path,
+            ..
+        } => {
+            let store = inner.artifacts.clone();
+            let receipt_bytes = receipt.to_canonical_bytes();
+            let files: Vec<(String, Vec<u8>)> = outputs
+                .iter()
+                .filter_map(|o| decode(&o.content).map(|b| (o.path.clone(), b)))
+                .collect();
+            let index_bytes = OutputIndex::from_envelope(&envelope).to_canonical_bytes();
+            let index_path = index_path.clone();
+            let receipt_path = format!("{write_prefix}receipt.json");
+            let written = tokio::task::spawn_blocking(move || {
+                let mut stored = Vec::with_capacity(files.len() + 2);
+                for (path, bytes) in &files {
+                    stored.push(store.put(org_id, path, bytes)?);
+                }
+                stored.push(store.put(org_id, &index_path, &index_bytes)?);
+                stored.push(store.put(org_id, &receipt_path, &receipt_bytes)?);
+                Ok::<_, std::io::Error>((stored, files))
+            })
+            .await;
+            let (stored, files) = match written {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    return failed_item(
+                        ctx,
+                        Some((def, step)),
+                        &execution_id,
+                        started_at,
+                        "ERR_ARTIFACT_STORE",
+                        &format!("writing outputs failed: {e}"),
+                        Some(&receipt),
+                    );
+                }
+                Err(e) => {
+                    return failed_item(
+                        ctx,
+                        Some((def, step)),
+                        &execution_id,
+                        started_at,
+                        "ERR_INTERNAL",
+                        &format!("the writer task failed: {e}"),
+                        Some(&receipt),
+                    );
+                }
+            };
+            let mut refs = serde_json::Map::new();
+            for (path, bytes) in files {
+                if bytes.len() <= MAX_REFERENCEABLE_OUTPUT
+                    && let (Some(name), Ok(text)) =
+                        (path.strip_prefix(&write_prefix), String::from_utf8(bytes))
+                {
+                    refs.insert(name.to_owned(), Value::String(text));
+                }
+            }
+            metrics::counter!("builderos_operator_jobs_succeeded_total", "org" => org).increment(1);
+            tracing::info!(org = %ctx.org_id, run = %ctx.run_id, step = %ctx.step_id, attempt = ctx.attempt, status = "succeeded", "step finished");
+            json!({
+                "job": ctx.job_id,
+                "run": ctx.run_id,
+                "step": ctx.step_id,
+                "attempt": ctx.attempt,
+                "execution_id": execution_id,
+                "status": "succeeded",
+                "outputs": refs,
+                "receipt": receipt_value(&receipt),
+                "started_at": started_at,
+                "finished_at": finished_at,
+                "dependents": def.dependents(&ctx.step_id),
+                "artifacts": stored.iter().map(|a| json!({"path": a.path, "sha256": a.sha256, "size": a.size})).collect::<Vec<_>>(),
+            })
+        }
+        Envelope::Error { error, .. } => failed_item(
+            ctx,
+            Some((def, step)),
+            &execution_id,
+            started_at,
+            &error.code,
+            &error.message,
+            Some(&receipt),
+        ),
+    }
+}
+
+fn decode(content: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(content)
+        .ok()
+}
+
+fn receipt_value(receipt: &Receipt) -> Value {
+    serde_json::from_slice(&receipt.to_canonical_bytes()).unwrap_or(Value::Null)
+}
+
+/// A failed attempt's item: retried when attempts remain and the code allows it.
+fn failed_item(
+    ctx: &StepContext,
+    def: Option<(&Definition, &Step)>,
+    execution_id: &str,
+    started_at: DateTime<Utc>,
+    code: &str,
+    message: &str,
+    receipt: Option<&Receipt>,
+) -> Value {
+    let attempt = u32::try_from(ctx.attempt).unwrap_or(1);
+    let retry_in_ms = def.and_then(|(_, step)| {
+        (attempt < step.retries.max_attempts && !FINAL_CODES.contains(&code)).then(|| {
+            u64::try_from(step.retries.delay_before(attempt + 1).as_millis()).unwrap_or(u64::MAX)
+        })
+    });
+    let status = if retry_in_ms.is_some() {
+        "retrying"
+    } else {
+        "failed"
+    };
+    metrics::counter!("builderos_operator_jobs_failed_total", "org" => ctx.org_id.to_string())
+        .increment(1);
+    tracing::info!(org = %ctx.org_id, run = %ctx.run_id, step = %ctx.step_id, attempt = ctx.attempt, status, code, "step failed");
+    let message: String = message.chars().take(1024).collect();
+    json!({
+        "job": ctx.job_id,
+        "run": ctx.run_id,
+        "step": ctx.step_id,
+        "attempt": ctx.attempt,
+        "execution_id": execution_id,
+        "status": "failed",
+        "error_code": code,
+        "error_message": message,
+        "receipt": receipt.map_or_else(|| json!({"execution_id": execution_id, "status": "error", "error_code": code}), receipt_value),
+        "started_at": started_at,
+        "finished_at": Utc::now(),
+        "retry_in_ms": retry_in_ms,
+        "on_failure": match def.map(|(_, s)| &s.on_failure) { Some(OnFailure::Continue) => "continue", _ => "fail" },
+        "dependents": def.map(|(d, _)| d.dependents(&ctx.step_id)).unwrap_or_default(),
+    })
+}
+
+/// Records finished attempts in batches; keeps a batch and retries while the database is away.
+async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion>) {
+    let max = inner.config.complete_batch.max(1);
+    let mut batch: Vec<Completion> = Vec::with_capacity(max);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let items = Value::Array(batch.iter().map(|c| c.item.clone()).collect());
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match store::complete(&inner.pool, inner.id, &items).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, batch = batch.len(), "recording results failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        {
+            let mut inflight = lock(&inner.inflight);
+            for c in &batch {
+                inflight.remove(&c.job);
+            }
+        }
+        // Dropping the completions frees their slots; successors were enqueued by the call.
+        batch.clear();
+        inner.wake.notify_one();
+    }
+}
+
+/// Listens for new jobs and cancellations; reconnects after the database comes back.
+async fn listen(inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        let mut listener = match PgListener::connect_with(&inner.pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "job listener can't connect; polling meanwhile");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if let Err(e) = listener
+            .listen_all(["builderos_jobs", "builderos_cancel"])
+            .await
+        {
+            tracing::debug!(error = %e, "LISTEN failed");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        inner.wake.notify_one();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                msg = listener.try_recv() => match msg {
+                    Ok(Some(n)) => {
+                        if n.channel() == "builderos_cancel" {
+                            inner.check_cancel.notify_one();
+                        } else {
+                            inner.wake.notify_one();
+                        }
+                    }
+                    Ok(None) => {
+                        // Connection lost and re-established by sqlx: anything may have arrived.
+                        inner.wake.notify_one();
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "job listener lost its connection");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Extends leases a third of the way through them and stops steps of runs that are no
+/// longer active (checked every 250 ms, at once on a cancel notification).
+async fn heartbeat(inner: Arc<Inner>, stop: CancellationToken) {
+    let beat = inner.config.lease / 3;
+    let mut last_beat = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            () = inner.check_cancel.notified() => {}
+        }
+        let (jobs, runs): (Vec<i64>, Vec<Uuid>) = {
+            let inflight = lock(&inner.inflight);
+            let jobs = inflight.keys().copied().collect();
+            let mut runs: Vec<Uuid> = inflight.values().filter_map(|f| f.run).collect();
+            runs.sort_unstable();
+            runs.dedup();
+            (jobs, runs)
+        };
+        if jobs.is_empty() {
+            continue;
+        }
+        if !runs.is_empty()
+            && let Ok(gone) = store::inactive_runs(&inner.pool, &runs).await
+            && !gone.is_empty()
+        {
+            for f in lock(&inner.inflight).values() {
+                if f.run.is_some_and(|r| gone.contains(&r)) {
+                    f.cancel.cancel();
+                }
+            }
+        }
+        if last_beat.elapsed() >= beat {
+            match store::heartbeat(&inner.pool, inner.id, &jobs, inner.config.lease).await {
+                Ok(_) => last_beat = Instant::now(),
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+}
+
+/// Publishes queue depth, running jobs and oldest-job age per org every few seconds.
+async fn gauges(inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        if let Ok(rows) = store::depth(&inner.pool).await {
+            for (org, queued, running, age) in rows {
+                let org = org.to_string();
+                #[allow(clippy::cast_precision_loss)]
+                {
+                    metrics::gauge!("builderos_operator_queue_depth", "org" => org.clone())
+                        .set(queued as f64);
+                    metrics::gauge!("builderos_operator_running_jobs", "org" => org.clone())
+                        .set(running as f64);
+                }
+                metrics::gauge!("builderos_operator_oldest_job_age_seconds", "org" => org).set(age);
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

@@ -1,0 +1,727 @@
+//! The operator engine against a real PostgreSQL: DAG execution with input references,
+//! retries, `on_failure`, timeouts, CI safety, cancellation, per-org limits, cron ticks, a
+//! SIGKILLed `builderos operator` process and a PostgreSQL restart under a running worker.
+//!
+//! Runs are started through the same store call the API uses; the HTTP API over them is tested
+//! in tests/runs.rs.
+
+use std::time::{Duration, Instant};
+
+use builderos_operator::pipeline::{self, Definition, Format};
+use builderos_operator::processors::contract::Mode;
+use builderos_operator::scheduler;
+use builderos_operator::store::{self, NewRun, Trigger};
+use builderos_shared::pg::{Cluster, ClusterOptions};
+use builderos_test_support::{OperatorProcess, TestApp};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_builderos");
+
+/// An org with a project, made straight in the database.
+struct Tenant {
+    org: Uuid,
+    project: Uuid,
+}
+
+async fn tenant(admin: &PgPool, slug: &str) -> Tenant {
+    let (org, project) = (Uuid::now_v7(), Uuid::now_v7());
+    sqlx::query("INSERT INTO orgs (id, slug, name) VALUES ($1, $2, $2)")
+        .bind(org)
+        .bind(slug)
+        .execute(admin)
+        .await
+        .expect("org");
+    sqlx::query("INSERT INTO projects (id, org_id, slug, name) VALUES ($1, $2, 'p', 'p')")
+        .bind(project)
+        .bind(org)
+        .execute(admin)
+        .await
+        .expect("project");
+    Tenant { org, project }
+}
+
+async fn define(admin: &PgPool, t: &Tenant, name: &str, yaml: &str) -> (Uuid, Definition) {
+    let def = pipeline::parse(yaml, Format::Yaml).expect("definition");
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO pipelines (id, org_id, project_id, name, latest_version) VALUES ($1, $2, $3, $4, 1)")
+        .bind(id)
+        .bind(t.org)
+        .bind(t.project)
+        .bind(name)
+        .execute(admin)
+        .await
+        .expect("pipeline");
+    sqlx::query("INSERT INTO pipeline_versions (pipeline_id, org_id, version, definition, source, format) VALUES ($1, $2, 1, $3, $4, 'yaml')")
+        .bind(id)
+        .bind(t.org)
+        .bind(serde_json::to_value(&def).expect("json"))
+        .bind(yaml)
+        .execute(admin)
+        .await
+        .expect("version");
+    (id, def)
+}
+
+async fn start(
+    admin: &PgPool,
+    t: &Tenant,
+    pipeline: (Uuid, &Definition),
+    inputs: Value,
+    mode: Mode,
+) -> Uuid {
+    let inputs = inputs.as_object().cloned().unwrap_or_default();
+    let mut tx = admin.begin().await.expect("tx");
+    let started = store::start_run(
+        &mut tx,
+        &NewRun {
+            org: t.org,
+            project: t.project,
+            pipeline: pipeline.0,
+            version: 1,
+            definition: pipeline.1,
+            inputs: &inputs,
+            mode,
+            trigger: Trigger::Api,
+            idempotency_key: None,
+            created_by: None,
+        },
+    )
+    .await
+    .expect("start run");
+    tx.commit().await.expect("commit");
+    started.run
+}
+
+async fn state(admin: &PgPool, run: Uuid) -> String {
+    sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
+        .bind(run)
+        .fetch_one(admin)
+        .await
+        .expect("state")
+}
+
+/// Waits (at most `limit`) until every run in `runs` has finished; returns their states.
+async fn finished(admin: &PgPool, runs: &[Uuid], limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let states: Vec<String> =
+            sqlx::query_scalar("SELECT state FROM runs WHERE id = ANY($1) ORDER BY id")
+                .bind(runs)
+                .fetch_all(admin)
+                .await
+                .expect("states");
+        if states
+            .iter()
+            .all(|s| !matches!(s.as_str(), "queued" | "running"))
+        {
+            return states;
+        }
+        assert!(Instant::now() < deadline, "runs still active: {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn steps(admin: &PgPool, run: Uuid) -> Vec<(String, String, i32, Option<String>)> {
+    sqlx::query_as("SELECT step_id, status, attempts, error_code FROM run_steps WHERE run_id = $1 ORDER BY step_id")
+        .bind(run)
+        .fetch_all(admin)
+        .await
+        .expect("steps")
+}
+
+const FAN: &str = r#"
+steps:
+  - id: plan
+    role: planner
+    processor: builtin:echo
+    inputs: {plan: "fix ${run.inputs.ticket}"}
+  - id: left
+    role: builder
+    processor: builtin:echo
+    inputs: {got: "${steps.plan.outputs.plan}"}
+    depends_on: [plan]
+  - id: right
+    role: builder
+    processor: builtin:fanout
+    inputs: {count: 3}
+    depends_on: [plan]
+  - id: join
+    role: reviewer
+    processor: builtin:echo
+    inputs: {summary: "${steps.left.outputs.got} / ${steps.right.outputs.part-0002}"}
+    depends_on: [left, right]
+"#;
+
+#[tokio::test]
+async fn runs_a_dag_passing_outputs_and_writes_receipts_and_artifacts() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let t = tenant(&admin, "acme").await;
+    let (id, def) = define(&admin, &t, "fan", FAN).await;
+    let op = app.start_operator();
+    let run = start(
+        &admin,
+        &t,
+        (id, &def),
+        json!({"ticket": "BUG-7"}),
+        Mode::Mock,
+    )
+    .await;
+    assert_eq!(
+        finished(&admin, &[run], Duration::from_secs(30)).await,
+        ["succeeded"]
+    );
+
+    let s = steps(&admin, run).await;
+    assert!(
+        s.iter()
+            .all(|(_, status, attempts, _)| status == "succeeded" && *attempts == 1),
+        "{s:?}"
+    );
+    // The join step saw both branches' outputs, resolved in order.
+    let join: Value =
+        sqlx::query_scalar("SELECT outputs FROM run_steps WHERE run_id = $1 AND step_id = 'join'")
+            .bind(run)
+            .fetch_one(&admin)
+            .await
+            .expect("outputs");
+    assert_eq!(join["summary"], "fix BUG-7 / part 2");
+
+    // One receipt per attempt, with hashes and no input or output text.
+    let receipts: Vec<Value> =
+        sqlx::query_scalar("SELECT receipt FROM step_attempts WHERE run_id = $1 ORDER BY step_id")
+            .bind(run)
+            .fetch_all(&admin)
+            .await
+            .expect("receipts");
+    assert_eq!(receipts.len(), 4);
+    for r in &receipts {
+        assert_eq!(r["mode"], "mock", "{r}");
+        assert_eq!(r["inputs_hash"].as_str().map(str::len), Some(64), "{r}");
+        assert!(
+            !r.to_string().contains("BUG-7"),
+            "receipts never carry input text: {r}"
+        );
+    }
+
+    // Artifacts are on disk with the recorded hashes, receipt.json beside the outputs.
+    let artifacts: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT path, sha256, size FROM artifacts WHERE run_id = $1 ORDER BY path")
+            .bind(run)
+            .fetch_all(&admin)
+            .await
+            .expect("artifacts");
+    let root = builderos_test_support::test_config()
+        .artifacts_dir
+        .join(t.org.to_string());
+    for (path, sha, size) in &artifacts {
+        let bytes = std::fs::read(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(bytes.len() as i64, *size, "{path}");
+        assert_eq!(&builderos_canon::sha256_hex(&bytes), sha, "{path}");
+    }
+    assert!(
+        artifacts
+            .iter()
+            .any(|(p, _, _)| p == &format!("runs/{run}/join/1/receipt.json")),
+        "{artifacts:?}"
+    );
+    assert!(
+        artifacts
+            .iter()
+            .any(|(p, _, _)| p == &format!("runs/{run}/right/1/part-0002")),
+        "{artifacts:?}"
+    );
+
+    // The timeline tells the story in order.
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM run_events WHERE run_id = $1 ORDER BY id")
+            .bind(run)
+            .fetch_all(&admin)
+            .await
+            .expect("events");
+    assert_eq!(kinds.first().map(String::as_str), Some("run.queued"));
+    assert_eq!(kinds.last().map(String::as_str), Some("run.succeeded"));
+    assert_eq!(kinds.iter().filter(|k| *k == "step.succeeded").count(), 4);
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn retries_then_fails_or_continues_as_the_step_says() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let t = tenant(&admin, "acme").await;
+    let failing = r#"
+steps:
+  - id: flaky
+    role: builder
+    processor: builtin:fail
+    inputs: {code: ERR_FLAKY, message: always}
+    retries: {max_attempts: 3, backoff_base: 10ms, backoff_cap: 20ms}
+  - id: after
+    role: builder
+    processor: builtin:echo
+    inputs: {x: y}
+    depends_on: [flaky]
+  - id: reader
+    role: builder
+    processor: builtin:echo
+    inputs: {x: "${steps.flaky.outputs.result}"}
+    depends_on: [flaky]
+    on_failure: continue
+  - id: beside
+    role: builder
+    processor: builtin:sleep
+    inputs: {ms: 1}
+"#;
+    let (fail_id, fail_def) = define(&admin, &t, "fails", failing).await;
+    let continuing = failing.replace(
+        "retries: {max_attempts: 3",
+        "on_failure: continue\n    retries: {max_attempts: 2",
+    );
+    let (cont_id, cont_def) = define(&admin, &t, "continues", &continuing).await;
+    let timeout = r"
+steps:
+  - {id: slow, role: builder, processor: 'builtin:sleep', inputs: {ms: 10000}, timeout: 100ms}
+";
+    let (slow_id, slow_def) = define(&admin, &t, "slow", timeout).await;
+
+    let op = app.start_operator();
+    let failed = start(&admin, &t, (fail_id, &fail_def), json!({}), Mode::Mock).await;
+    let partial = start(&admin, &t, (cont_id, &cont_def), json!({}), Mode::Mock).await;
+    let slow = start(&admin, &t, (slow_id, &slow_def), json!({}), Mode::Mock).await;
+    finished(&admin, &[failed, partial, slow], Duration::from_secs(30)).await;
+
+    assert_eq!(state(&admin, failed).await, "failed");
+    let s = steps(&admin, failed).await;
+    assert!(
+        s.contains(&("flaky".into(), "failed".into(), 3, Some("ERR_FLAKY".into()))),
+        "{s:?}"
+    );
+    assert!(
+        s.iter()
+            .any(|(id, status, ..)| id == "after" && status == "cancelled"),
+        "{s:?}"
+    );
+    let attempts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM step_attempts WHERE run_id = $1 AND step_id = 'flaky'",
+    )
+    .bind(failed)
+    .fetch_one(&admin)
+    .await
+    .expect("attempts");
+    assert_eq!(attempts, 3);
+
+    assert_eq!(state(&admin, partial).await, "partial");
+    let s = steps(&admin, partial).await;
+    assert!(
+        s.contains(&("flaky".into(), "failed".into(), 2, Some("ERR_FLAKY".into()))),
+        "{s:?}"
+    );
+    // Dependents still run; one that needs the failed step's outputs can't resolve them.
+    assert!(
+        s.iter()
+            .any(|(id, status, ..)| id == "after" && status == "succeeded"),
+        "{s:?}"
+    );
+    assert!(
+        s.contains(&("reader".into(), "failed".into(), 1, Some("ERR_PIPELINE_INPUT_REF".into()))),
+        "{s:?}"
+    );
+    assert!(
+        s.iter()
+            .any(|(id, status, ..)| id == "beside" && status == "succeeded"),
+        "{s:?}"
+    );
+
+    assert_eq!(state(&admin, slow).await, "failed");
+    assert_eq!(
+        steps(&admin, slow).await[0].3.as_deref(),
+        Some("ERR_TIMEOUT")
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn real_mode_on_ci_fails_before_any_processor_work() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let t = tenant(&admin, "acme").await;
+    let (id, def) = define(
+        &admin,
+        &t,
+        "p",
+        "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n",
+    )
+    .await;
+    let op = app.start_operator_with(|config, _| config.ci = true);
+    let real = start(&admin, &t, (id, &def), json!({}), Mode::Real).await;
+    let mock = start(&admin, &t, (id, &def), json!({}), Mode::Mock).await;
+    finished(&admin, &[real, mock], Duration::from_secs(30)).await;
+    assert_eq!(state(&admin, real).await, "failed");
+    assert_eq!(
+        steps(&admin, real).await[0].3.as_deref(),
+        Some("ERR_CI_SAFETY")
+    );
+    let outputs: i64 = sqlx::query_scalar("SELECT count(*) FROM artifacts WHERE run_id = $1")
+        .bind(real)
+        .fetch_one(&admin)
+        .await
+        .expect("artifacts");
+    assert_eq!(outputs, 0, "nothing was produced");
+    assert_eq!(state(&admin, mock).await, "succeeded");
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_running_steps_and_queued_ones_never_start() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let t = tenant(&admin, "acme").await;
+    let (id, def) = define(
+        &admin,
+        &t,
+        "long",
+        "steps:\n  - {id: a, role: builder, processor: 'builtin:sleep', inputs: {ms: 60000}}\n  - {id: b, role: builder, processor: 'builtin:echo', inputs: {x: y}, depends_on: [a]}\n",
+    )
+    .await;
+    let op = app.start_operator();
+    let run = start(&admin, &t, (id, &def), json!({}), Mode::Mock).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while steps(&admin, run).await[0].1 != "running" {
+        assert!(Instant::now() < deadline, "the step never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut tx = admin.begin().await.expect("tx");
+    assert_eq!(
+        store::cancel_run(&mut tx, run, None).await.expect("cancel"),
+        store::Cancelled::Now
+    );
+    tx.commit().await.expect("commit");
+    let cancelled_at = Instant::now();
+    // The running step stops (long before its 60 s sleep) and records ERR_CANCELLED.
+    loop {
+        let code: Option<String> = sqlx::query_scalar(
+            "SELECT error_code FROM step_attempts WHERE run_id = $1 AND step_id = 'a'",
+        )
+        .bind(run)
+        .fetch_optional(&admin)
+        .await
+        .expect("attempt")
+        .flatten();
+        if let Some(code) = code {
+            assert_eq!(code, "ERR_CANCELLED");
+            break;
+        }
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(20),
+            "the running step ignored the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "running step stopped {:?} after the cancel",
+        cancelled_at.elapsed()
+    );
+    assert_eq!(state(&admin, run).await, "cancelled");
+    let s = steps(&admin, run).await;
+    assert_eq!(s[1].1, "cancelled", "{s:?}");
+    let attempts_b: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM step_attempts WHERE run_id = $1 AND step_id = 'b'",
+    )
+    .bind(run)
+    .fetch_one(&admin)
+    .await
+    .expect("b");
+    assert_eq!(attempts_b, 0);
+    let mut tx = admin.begin().await.expect("tx");
+    assert_eq!(
+        store::cancel_run(&mut tx, run, None).await.expect("cancel"),
+        store::Cancelled::AlreadyFinished("cancelled".into())
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn an_orgs_limit_holds_and_another_org_is_not_held_up() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let busy = tenant(&admin, "busy").await;
+    let other = tenant(&admin, "other").await;
+    sqlx::query("INSERT INTO org_operator_settings (org_id, max_concurrency) VALUES ($1, 2)")
+        .bind(busy.org)
+        .execute(&admin)
+        .await
+        .expect("limit");
+    let yaml =
+        "steps:\n  - {id: a, role: builder, processor: 'builtin:sleep', inputs: {ms: 150}}\n";
+    let (bid, bdef) = define(&admin, &busy, "p", yaml).await;
+    let (oid, odef) = define(&admin, &other, "p", yaml).await;
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        runs.push(start(&admin, &busy, (bid, &bdef), json!({}), Mode::Mock).await);
+    }
+    let op = app.start_operator_with(|_, w| w.concurrency = 16);
+    let mine = start(&admin, &other, (oid, &odef), json!({}), Mode::Mock).await;
+    runs.push(mine);
+    finished(&admin, &runs, Duration::from_secs(30)).await;
+    // Never more than 2 of the busy org's steps at once: check every attempt's interval.
+    let spans: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT started_at, finished_at FROM step_attempts WHERE org_id = $1")
+            .bind(busy.org)
+            .fetch_all(&admin)
+            .await
+            .expect("spans");
+    assert_eq!(spans.len(), 8);
+    for (s, _) in &spans {
+        let overlapping = spans.iter().filter(|(a, b)| a <= s && s < b).count();
+        assert!(
+            overlapping <= 2,
+            "{overlapping} of the busy org's steps ran at once"
+        );
+    }
+    // The other org's step started before the busy org's backlog was through.
+    let other_start: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT started_at FROM step_attempts WHERE run_id = $1")
+            .bind(mine)
+            .fetch_one(&admin)
+            .await
+            .expect("start");
+    let last_busy = spans.iter().map(|(s, _)| *s).max().expect("spans");
+    assert!(
+        other_start < last_busy,
+        "the other org waited for the busy org's backlog"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_cron_tick_starts_exactly_one_run_across_schedulers() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let t = tenant(&admin, "acme").await;
+    let yaml = "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: '${run.inputs.x}'}}\ntriggers:\n  - {cron: '*/5 * * * *', timezone: Europe/Paris, inputs: {x: nightly}}\n";
+    let (id, def) = define(&admin, &t, "cron", yaml).await;
+    let now = chrono::Utc::now();
+    let mut conn = admin.acquire().await.expect("conn");
+    scheduler::replace_triggers(&mut conn, t.org, id, &def, now)
+        .await
+        .expect("triggers");
+    drop(conn);
+    let next: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT next_at FROM cron_triggers WHERE pipeline_id = $1")
+            .bind(id)
+            .fetch_one(&admin)
+            .await
+            .expect("next");
+    assert!(
+        next > now && next <= now + chrono::Duration::minutes(5),
+        "{next}"
+    );
+
+    // Four operators' schedulers see the tick at once (and one sees it twice, late).
+    let pools: Vec<PgPool> = (0..4)
+        .map(|_| store::operator_pool(&app.db.app_url, 2).expect("pool"))
+        .collect();
+    let ticks = pools
+        .iter()
+        .map(|p| scheduler::tick(p, next + chrono::Duration::seconds(1)));
+    let fired: usize = futures_util::future::join_all(ticks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("tick"))
+        .sum();
+    let again = scheduler::tick(&pools[0], next + chrono::Duration::seconds(2))
+        .await
+        .expect("tick");
+    assert_eq!((fired, again), (1, 0));
+    let runs: Vec<(String, Value)> =
+        sqlx::query_as("SELECT trigger, inputs FROM runs WHERE pipeline_id = $1")
+            .bind(id)
+            .fetch_all(&admin)
+            .await
+            .expect("runs");
+    assert_eq!(runs, [("cron".to_owned(), json!({"x": "nightly"}))]);
+
+    // Missed ticks are not replayed: an hour of downtime gives one catch-up run.
+    let fired = scheduler::tick(&pools[0], next + chrono::Duration::hours(1))
+        .await
+        .expect("tick");
+    assert_eq!(fired, 1);
+    let after: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT next_at FROM cron_triggers WHERE pipeline_id = $1")
+            .bind(id)
+            .fetch_one(&admin)
+            .await
+            .expect("next");
+    assert!(
+        after > next + chrono::Duration::hours(1),
+        "continues from now: {after}"
+    );
+}
+
+fn operator_process(app: &TestApp, lease_seconds: u32) -> OperatorProcess {
+    OperatorProcess::spawn(
+        BIN,
+        &app.db.app_url,
+        &[
+            ("BR_OS_OPERATOR_LEASE_SECONDS", lease_seconds.to_string()),
+            ("BR_OS_OPERATOR_MAX_CONCURRENCY", "16".to_owned()),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_killed_operator_loses_nothing_and_records_each_step_once() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let t = tenant(&admin, "acme").await;
+    let (id, def) = define(
+        &admin,
+        &t,
+        "chain",
+        "steps:\n  - {id: a, role: builder, processor: 'builtin:sleep', inputs: {ms: 300}}\n  - {id: b, role: builder, processor: 'builtin:sleep', inputs: {ms: 300}, depends_on: [a]}\n  - {id: c, role: builder, processor: 'builtin:echo', inputs: {x: y}, depends_on: [b]}\n",
+    )
+    .await;
+    sqlx::query("INSERT INTO org_operator_settings (org_id, max_concurrency) VALUES ($1, 100)")
+        .bind(t.org)
+        .execute(&admin)
+        .await
+        .expect("limit");
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        runs.push(start(&admin, &t, (id, &def), json!({}), Mode::Mock).await);
+    }
+    let mut first = operator_process(&app, 1);
+    // Kill it in the middle: some steps recorded, some running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (done, running): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM step_attempts), (SELECT count(*) FROM jobs WHERE state = 'running')",
+        )
+        .fetch_one(&admin)
+        .await
+        .expect("progress");
+        if done >= 5 && running > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first operator made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    let orphaned: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+        .fetch_one(&admin)
+        .await
+        .expect("orphans");
+    assert!(orphaned > 0, "the kill left no step mid-flight");
+
+    let second = operator_process(&app, 1);
+    let states = finished(&admin, &runs, Duration::from_secs(60)).await;
+    drop(second);
+    assert!(states.iter().all(|s| s == "succeeded"), "{states:?}");
+    let (attempts, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT (run_id, step_id)) FROM step_attempts WHERE run_id = ANY($1)",
+    )
+    .bind(&runs)
+    .fetch_one(&admin)
+    .await
+    .expect("attempts");
+    assert_eq!(
+        (attempts, distinct),
+        (60, 60),
+        "every step recorded exactly once"
+    );
+    let workers: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT worker) FROM step_attempts WHERE run_id = ANY($1)",
+    )
+    .bind(&runs)
+    .fetch_one(&admin)
+    .await
+    .expect("workers");
+    assert_eq!(workers, 2, "both operators did part of the work");
+}
+
+#[tokio::test]
+async fn a_worker_rides_out_a_postgres_restart() {
+    builderos_shared::telemetry::install_crypto_provider();
+    let root = tempfile::tempdir().expect("root");
+    let options = ClusterOptions::throwaway(root.path());
+    let cluster = Cluster::start(options.clone()).await.expect("cluster");
+    let port = cluster.port();
+    builderos_shared::db::migrate(&cluster.owner_url(builderos_shared::pg::DATABASE))
+        .await
+        .expect("migrate");
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy(&cluster.superuser_url(builderos_shared::pg::DATABASE))
+        .expect("admin");
+    let t = tenant(&admin, "acme").await;
+    let (id, def) = define(
+        &admin,
+        &t,
+        "chain",
+        "steps:\n  - {id: a, role: builder, processor: 'builtin:sleep', inputs: {ms: 400}}\n  - {id: b, role: builder, processor: 'builtin:sleep', inputs: {ms: 400}, depends_on: [a]}\n",
+    )
+    .await;
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        runs.push(start(&admin, &t, (id, &def), json!({}), Mode::Mock).await);
+    }
+    let mut config = builderos_test_support::test_config();
+    config.operator_max_concurrency = 8;
+    let mut worker = builderos_operator::runner::worker_config(&config);
+    worker.lease = Duration::from_secs(3);
+    worker.poll = Duration::from_millis(200);
+    let op = builderos_operator::runner::spawn_worker(
+        &config,
+        &cluster.app_url(builderos_shared::pg::DATABASE),
+        worker,
+    )
+    .expect("worker");
+    // Restart PostgreSQL while steps are running.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+            .fetch_one(&admin)
+            .await
+            .expect("running");
+        if running > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    admin.close().await;
+    cluster.stop();
+    let mut again = options;
+    again.port = Some(port);
+    let cluster = Cluster::start(again).await.expect("restart");
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy(&cluster.superuser_url(builderos_shared::pg::DATABASE))
+        .expect("admin");
+    let states = finished(&admin, &runs, Duration::from_secs(60)).await;
+    let errors: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT step_id, error_code, error_message FROM step_attempts WHERE status = 'failed'",
+    )
+    .fetch_all(&admin)
+    .await
+    .expect("errors");
+    assert!(
+        states.iter().all(|s| s == "succeeded"),
+        "{states:?} {errors:?}"
+    );
+    let (attempts, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT (run_id, step_id)) FROM step_attempts")
+            .fetch_one(&admin)
+            .await
+            .expect("attempts");
+    assert_eq!((attempts, distinct), (12, 12));
+    op.stop().await;
+    admin.close().await;
+    cluster.stop();
+}
