@@ -326,7 +326,12 @@ steps:
         "{s:?}"
     );
     assert!(
-        s.contains(&("reader".into(), "failed".into(), 1, Some("ERR_PIPELINE_INPUT_REF".into()))),
+        s.contains(&(
+            "reader".into(),
+            "failed".into(),
+            1,
+            Some("ERR_PIPELINE_INPUT_REF".into())
+        )),
         "{s:?}"
     );
     assert!(
