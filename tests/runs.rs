@@ -1403,3 +1403,138 @@ async fn a_run_end_to_end_with_an_operator() {
     assert!(logs.contains("run.succeeded"), "{logs}");
     assert!(!logs.contains("a secret input"), "{logs}");
 }
+
+/// The acceptance, as a new team would do it: a Builder defines a pipeline from the
+/// `feature` template and starts it; a Viewer of the org sees the run, its steps, receipts and
+/// artifacts. A step served by an HTTP processor on loopback is refused until an Admin allows
+/// the processor, then runs.
+#[tokio::test]
+async fn acceptance_template_run_shared_with_viewers_and_an_allowed_http_processor() {
+    let w = World::new().await;
+    let builder = w
+        .app
+        .member(&w.owner, &w.org, "bea@example.com", "builder")
+        .await;
+    let viewer = w
+        .app
+        .member(&w.owner, &w.org, "vic@example.com", "viewer")
+        .await;
+    let admin = w
+        .app
+        .member(&w.owner, &w.org, "ada@example.com", "admin")
+        .await;
+    let operator = w.app.start_operator();
+
+    let (s, body) = w
+        .call(
+            Method::POST,
+            &w.p("/pipelines"),
+            &builder.access,
+            Some(json!({"name": "feature", "template": "feature"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, run) = w
+        .start(
+            &builder.access,
+            "feature",
+            json!({"inputs": {"ticket": "BOS-42", "summary": "dark mode"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{run}");
+    let id = run["id"].as_str().expect("id").to_owned();
+    let path = w.o(&format!("/runs/{id}"));
+    w.app
+        .eventually(&path, &viewer.access, |s, b| {
+            s == 200 && !matches!(b["state"].as_str(), Some("queued" | "running"))
+        })
+        .await;
+    let (_, done) = w.app.get_as(&path, &viewer.access).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let steps = done["steps"].as_array().expect("steps");
+    assert!(steps.len() >= 5, "{done}");
+    assert!(steps.iter().all(|s| s["status"] == "succeeded"), "{done}");
+    let (s, receipts) = w
+        .app
+        .get_as(&format!("{path}/receipts"), &viewer.access)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(receipts.as_array().map(Vec::len), Some(steps.len()));
+    let (s, artifacts) = w
+        .app
+        .get_as(&format!("{path}/artifacts"), &viewer.access)
+        .await;
+    assert_eq!(s, 200);
+    let first = artifacts[0]["path"].as_str().expect("artifact path");
+    let res = w
+        .request(
+            Method::GET,
+            &format!("{path}/artifacts/{first}"),
+            &viewer.access,
+        )
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(res.status(), 200);
+
+    // An HTTP processor on loopback: the reference processor serving `echo`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = builderos_operator::processors::serve::router("echo").expect("router");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let remote = format!(
+        "steps:\n  - {{id: plan, role: planner, processor: 'builtin:echo', inputs: {{goal: '${{run.inputs.goal}}'}}}}\n  - {{id: build, role: builder, processor: '{url}', inputs: {{plan: '${{steps.plan.outputs.goal}}'}}, depends_on: [plan]}}\n"
+    );
+    w.create(&builder.access, "remote", &remote).await;
+    let (s, refused) = w
+        .start(
+            &builder.access,
+            "remote",
+            json!({"inputs": {"goal": "ship"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&refused)),
+        (403, "ERR_PROCESSOR_NOT_ALLOWED"),
+        "{refused}"
+    );
+    let (s, body) = w
+        .call(
+            Method::POST,
+            &w.o("/processor-allowlist"),
+            &admin.access,
+            Some(json!({"processor": url})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, run) = w
+        .start(
+            &builder.access,
+            "remote",
+            json!({"inputs": {"goal": "ship"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{run}");
+    let path = w.o(&format!("/runs/{}", run["id"].as_str().expect("id")));
+    w.app
+        .eventually(&path, &viewer.access, |s, b| {
+            s == 200 && !matches!(b["state"].as_str(), Some("queued" | "running"))
+        })
+        .await;
+    let (_, done) = w.app.get_as(&path, &viewer.access).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, receipts) = w
+        .app
+        .get_as(&format!("{path}/receipts"), &viewer.access)
+        .await;
+    let build = receipts
+        .as_array()
+        .expect("receipts")
+        .iter()
+        .find(|r| r["step"] == "build")
+        .expect("build receipt");
+    assert_eq!(build["receipt"]["processor"], url.as_str(), "{build}");
+    operator.stop().await;
+}
