@@ -14,7 +14,8 @@
 //!   delay p50 / p99. Target p99 ≤ 50 ms.
 //!
 //! Run: `cargo bench -p builderos --bench operator` (`BENCH_JOBS`, `BENCH_RUNS`, `BENCH_ROUNDS`
-//! change the sizes).
+//! change the sizes; `BENCH_ONLY=queue,pipeline,latency` picks parts — latency and fairness run
+//! together).
 
 use std::time::{Duration, Instant};
 
@@ -311,6 +312,18 @@ async fn pipelines(
     let rate = steps as f64 / started.elapsed().as_secs_f64();
     peak = peak.max(op.peak_mib());
     op.stop();
+    if std::env::var("BENCH_PROFILE").is_ok() {
+        // Where PostgreSQL spent its time (track_functions is set on the database below).
+        let rows: Vec<(String, i64, f64, f64)> = sqlx::query_as(
+            "SELECT funcname::text, calls, total_time, self_time FROM pg_stat_user_functions ORDER BY total_time DESC",
+        )
+        .fetch_all(&world.admin)
+        .await
+        .expect("function stats");
+        for (name, calls, total, own) in rows {
+            println!("    {name:<20} calls {calls:>7}  total {total:>9.1} ms  self {own:>9.1} ms");
+        }
+    }
     let tally: Tally = sqlx::query_as(
         "SELECT (SELECT count(*) FROM runs) AS runs, \
                 (SELECT count(*) FROM runs WHERE state = 'succeeded') AS succeeded, \
@@ -383,6 +396,12 @@ fn main() {
             .connect(&db.superuser_url)
             .await
             .expect("admin pool");
+        if std::env::var("BENCH_PROFILE").is_ok() {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} SET track_functions = 'pl'", db.name)))
+                .execute(&admin)
+                .await
+                .expect("track_functions");
+        }
         let world = World {
             db,
             admin,
@@ -402,8 +421,10 @@ fn main() {
         let one_p = pipeline(&world.admin, porg, pproj, "one", &one).await;
 
         println!("operator benchmark ({rounds} rounds, medians; 2-core machine, PostgreSQL on the same machine)");
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
 
-        // Queue throughput.
+        if wanted("queue") {
         let (mut ceil, mut q1, mut q2) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             ceil.push(ceiling(&world, &orgs, jobs, 2).await);
@@ -415,8 +436,9 @@ fn main() {
         println!("  PostgreSQL ceiling (plain SQL, batched SKIP LOCKED, 2 connections) {ceil:>9.0} jobs/s");
         println!("  real queue, 1 operator process   {q1:>9.0} jobs/s  ({:>3.0}% of ceiling; target >= 20000 jobs/s and >= 50%)", 100.0 * q1 / ceil);
         println!("  real queue, 2 operator processes {q2:>9.0} jobs/s  ({:>3.0}% of ceiling)", 100.0 * q2 / ceil);
+        }
 
-        // Pipeline throughput.
+        if wanted("pipeline") {
         let (mut rates, mut peaks) = (Vec::new(), Vec::new());
         let mut all_ok = true;
         for _ in 0..rounds {
@@ -436,7 +458,11 @@ fn main() {
             median(peaks),
             if all_ok { "yes" } else { "NO" }
         );
+        }
 
+        if !(wanted("latency") || wanted("fairness")) {
+            return;
+        }
         // Latency on an idle operator.
         let op = Operator::start(&world.db, 64);
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -26,7 +26,8 @@ pub struct StoredArtifact {
 /// Stores artifacts per org.
 pub trait ArtifactStore: Send + Sync + Debug {
     /// Stores `bytes` at `path` for `org`, replacing what was there atomically: readers see the
-    /// old bytes or the new ones, never a mix.
+    /// old bytes or the new ones, never a mix. The bytes are durable once [`ArtifactStore::sync`]
+    /// returns (the worker syncs once per batch of results, before recording them).
     ///
     /// # Errors
     /// `InvalidInput` for a path that is not a canonical relative path; `PermissionDenied` when
@@ -38,6 +39,24 @@ pub trait ArtifactStore: Send + Sync + Debug {
     /// # Errors
     /// As [`ArtifactStore::put`]; `NotFound` when nothing is stored there.
     fn get(&self, org: Uuid, path: &str) -> io::Result<Vec<u8>>;
+
+    /// Makes everything stored so far durable.
+    ///
+    /// # Errors
+    /// The I/O error of the flush.
+    fn sync(&self) -> io::Result<()>;
+
+    /// Stores several files for `org` (one step attempt's outputs, index and receipt); the same
+    /// as a `put` of each, which is what the default does.
+    ///
+    /// # Errors
+    /// As [`ArtifactStore::put`]; files before the failing one stay stored.
+    fn put_all(&self, org: Uuid, files: &[(&str, &[u8])]) -> io::Result<Vec<StoredArtifact>> {
+        files
+            .iter()
+            .map(|(path, bytes)| self.put(org, path, bytes))
+            .collect()
+    }
 }
 
 /// Artifacts under `<root>/<org>/<path>` on a local file system.
@@ -98,36 +117,30 @@ impl LocalStore {
 impl ArtifactStore for LocalStore {
     fn put(&self, org: Uuid, path: &str, bytes: &[u8]) -> io::Result<StoredArtifact> {
         let (dir, name) = self.locate(org, path, true)?;
-        let target = dir.join(name);
-        match fs::symlink_metadata(&target) {
-            Ok(meta) if meta.file_type().is_symlink() => return Err(symlink(&target)),
-            Ok(meta) if meta.is_dir() => {
-                return Err(io::Error::new(
-                    ErrorKind::IsADirectory,
-                    format!("artifact path `{path}` is a directory"),
-                ));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        write_atomic(&dir, name, path, bytes)
+    }
+
+    /// Checks (and creates) each distinct directory once for the whole set.
+    fn put_all(&self, org: Uuid, files: &[(&str, &[u8])]) -> io::Result<Vec<StoredArtifact>> {
+        let mut checked: Option<(String, PathBuf)> = None;
+        let mut stored = Vec::with_capacity(files.len());
+        for (path, bytes) in files {
+            let parent = path.rsplit_once('/').map_or("", |(d, _)| d);
+            let dir = match &checked {
+                Some((p, dir)) if p == parent => {
+                    check_path(path)?;
+                    dir.clone()
+                }
+                _ => {
+                    let (dir, _) = self.locate(org, path, true)?;
+                    checked = Some((parent.to_owned(), dir.clone()));
+                    dir
+                }
+            };
+            let name = path.rsplit_once('/').map_or(*path, |(_, n)| n);
+            stored.push(write_atomic(&dir, name, path, bytes)?);
         }
-        let mut suffix = [0_u8; 16];
-        getrandom::fill(&mut suffix).map_err(|e| io::Error::other(e.to_string()))?;
-        let tmp = dir.join(format!(".builderos-tmp-{}", hex::encode(suffix)));
-        let written = write_new(&tmp, bytes).and_then(|()| fs::rename(&tmp, &target));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        // Durability of the rename itself; best effort where directories cannot be synced.
-        if let Ok(d) = fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(StoredArtifact {
-            path: path.to_owned(),
-            sha256: builderos_canon::sha256_hex(bytes),
-            size: bytes.len() as u64,
-        })
+        Ok(stored)
     }
 
     fn get(&self, org: Uuid, path: &str) -> io::Result<Vec<u8>> {
@@ -138,6 +151,47 @@ impl ArtifactStore for LocalStore {
         }
         fs::read(&target)
     }
+
+    /// One `syncfs(2)` of the file system holding the root: the files and renames of every
+    /// `put` so far reach the disk together (a group commit instead of an fsync per file).
+    fn sync(&self) -> io::Result<()> {
+        match fs::File::open(&self.root) {
+            Ok(root) => nix::unistd::syncfs(&root).map_err(io::Error::from),
+            // Nothing was ever stored.
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Writes `bytes` as `dir/name` through a temporary file and a rename.
+fn write_atomic(dir: &Path, name: &str, path: &str, bytes: &[u8]) -> io::Result<StoredArtifact> {
+    let target = dir.join(name);
+    match fs::symlink_metadata(&target) {
+        Ok(meta) if meta.file_type().is_symlink() => return Err(symlink(&target)),
+        Ok(meta) if meta.is_dir() => {
+            return Err(io::Error::new(
+                ErrorKind::IsADirectory,
+                format!("artifact path `{path}` is a directory"),
+            ));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut suffix = [0_u8; 16];
+    getrandom::fill(&mut suffix).map_err(|e| io::Error::other(e.to_string()))?;
+    let tmp = dir.join(format!(".builderos-tmp-{}", hex::encode(suffix)));
+    let written = write_new(&tmp, bytes).and_then(|()| fs::rename(&tmp, &target));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(StoredArtifact {
+        path: path.to_owned(),
+        sha256: builderos_canon::sha256_hex(bytes),
+        size: bytes.len() as u64,
+    })
 }
 
 /// Only paths already in canonical form: the store never reinterprets a path.
@@ -180,8 +234,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .write(true)
         .create_new(true)
         .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    file.write_all(bytes)
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             concurrency: 8,
-            batch: 64,
+            batch: 256,
             complete_batch: 256,
             lease: Duration::from_secs(15),
             default_org_limit: 16,
@@ -512,12 +512,16 @@ async fn execute(
             let index_path = index_path.clone();
             let receipt_path = format!("{write_prefix}receipt.json");
             let written = tokio::task::spawn_blocking(move || {
-                let mut stored = Vec::with_capacity(files.len() + 2);
-                for (path, bytes) in &files {
-                    stored.push(store.put(org_id, path, bytes)?);
+                let mut all: Vec<(&str, &[u8])> = files
+                    .iter()
+                    .map(|(p, b)| (p.as_str(), b.as_slice()))
+                    .collect();
+                // The index duplicates the receipt's outputs list; written when there are outputs.
+                if !files.is_empty() {
+                    all.push((index_path.as_str(), index_bytes.as_slice()));
                 }
-                stored.push(store.put(org_id, &index_path, &index_bytes)?);
-                stored.push(store.put(org_id, &receipt_path, &receipt_bytes)?);
+                all.push((receipt_path.as_str(), receipt_bytes.as_slice()));
+                let stored = store.put_all(org_id, &all)?;
                 Ok::<_, std::io::Error>((stored, files))
             })
             .await;
@@ -650,8 +654,27 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion
                 Err(_) => break,
             }
         }
-        let items = Value::Array(batch.iter().map(|c| c.item.clone()).collect());
+        let needs_sync = batch.iter().any(|c| c.item.get("artifacts").is_some());
+        let items = Value::Array(
+            batch
+                .iter_mut()
+                .map(|c| std::mem::take(&mut c.item))
+                .collect(),
+        );
         let mut backoff = Duration::from_millis(50);
+        // The outputs and receipts the batch records reach the disk first, all together.
+        if needs_sync {
+            loop {
+                let store = inner.artifacts.clone();
+                match tokio::task::spawn_blocking(move || store.sync()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "syncing artifacts failed; retrying"),
+                    Err(e) => tracing::warn!(error = %e, "artifact sync task failed; retrying"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
         loop {
             match store::complete(&inner.pool, inner.id, &items).await {
                 Ok(_) => break,
