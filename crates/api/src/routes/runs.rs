@@ -257,6 +257,24 @@ const RUN_COLUMNS: &str = "r.id, r.project_id, r.pipeline_id, p.name AS pipeline
     r.steps_failed, r.created_at, r.started_at, r.finished_at";
 
 /// The run `run` of the caller's org (and project, for a project-scoped token), or 404.
+/// The common start of an endpoint on one run: ids parsed, `permission` checked, a
+/// transaction in the org, and the run found — 404 when it is missing, another org's, or
+/// outside a project-scoped token's project.
+pub(crate) async fn open_run(
+    state: &AppState,
+    auth: &Auth,
+    org: &str,
+    run: &str,
+    permission: Permission,
+) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, OrgAccess, Run), ApiError> {
+    let org = path_id(org, "org")?;
+    let run = path_id(run, "run")?;
+    let access = auth.authorize(state, org, permission).await?;
+    let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
+    let found = find_run(&mut tx, &access, run).await?;
+    Ok((tx, access, found))
+}
+
 pub(crate) async fn find_run(
     conn: &mut PgConnection,
     access: &OrgAccess,
@@ -616,10 +634,8 @@ async fn get_run(
     auth: Auth,
     Path((org, run)): Path<(String, String)>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let org = path_id(&org, "org")?;
-    let run = path_id(&run, "run")?;
-    let access = auth.authorize(&state, org, Permission::RunsRead).await?;
-    let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
+    let (mut tx, access, found) = open_run(&state, &auth, &org, &run, Permission::RunsRead).await?;
+    let run = found.id;
     let detail = load_run(&mut tx, &access, run).await?;
     tx.commit().await?;
     Ok(Json(detail))
@@ -638,11 +654,10 @@ async fn cancel_run(
     auth: Auth,
     Path((org, run)): Path<(String, String)>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let org = path_id(&org, "org")?;
-    let run = path_id(&run, "run")?;
-    let access = auth.authorize(&state, org, Permission::RunsWrite).await?;
-    let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    let before = find_run(&mut tx, &access, run).await?;
+    let (mut tx, access, found) =
+        open_run(&state, &auth, &org, &run, Permission::RunsWrite).await?;
+    let (org, run) = (access.org_id, found.id);
+    let before = found;
     match store::cancel_run(&mut tx, run, auth.user_id()).await? {
         Cancelled::Now => {}
         Cancelled::AlreadyFinished(state) => {
@@ -759,11 +774,8 @@ async fn logs(
     auth: Auth,
     Path((org, run)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let org = path_id(&org, "org")?;
-    let run = path_id(&run, "run")?;
-    let access = auth.authorize(&state, org, Permission::RunsRead).await?;
-    let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    find_run(&mut tx, &access, run).await?;
+    let (mut tx, _, found) = open_run(&state, &auth, &org, &run, Permission::RunsRead).await?;
+    let run = found.id;
     let mut out = String::new();
     let mut after = 0;
     loop {
@@ -797,11 +809,8 @@ async fn receipts(
     auth: Auth,
     Path((org, run)): Path<(String, String)>,
 ) -> Result<Json<Vec<StepReceipt>>, ApiError> {
-    let org = path_id(&org, "org")?;
-    let run = path_id(&run, "run")?;
-    let access = auth.authorize(&state, org, Permission::RunsRead).await?;
-    let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    find_run(&mut tx, &access, run).await?;
+    let (mut tx, _, found) = open_run(&state, &auth, &org, &run, Permission::RunsRead).await?;
+    let run = found.id;
     let rows: Vec<StepReceipt> = sqlx::query_as(
         "SELECT step_id AS step, attempt, execution_id, status, error_code, error_message, receipt, \
                 started_at, finished_at \

@@ -6,7 +6,6 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use builderos_shared::db::{self, Scope};
 use builderos_shared::http::{ApiError, ErrorEnvelope, Json};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -14,11 +13,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
-use super::find_run;
+use super::open_run;
 use crate::AppState;
 use crate::auth::Auth;
 use crate::permissions::Permission;
-use crate::routes::path_id;
 
 /// The download route: `{*path}` spans slashes, which an OpenAPI path parameter can't say, so
 /// the route is registered by hand and documented as `{path}`.
@@ -64,11 +62,8 @@ async fn list_artifacts(
     auth: Auth,
     Path((org, run)): Path<(String, String)>,
 ) -> Result<Json<Vec<RunArtifact>>, ApiError> {
-    let org = path_id(&org, "org")?;
-    let run = path_id(&run, "run")?;
-    let access = auth.authorize(&state, org, Permission::RunsRead).await?;
-    let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    find_run(&mut tx, &access, run).await?;
+    let (mut tx, _, found) = open_run(&state, &auth, &org, &run, Permission::RunsRead).await?;
+    let run = found.id;
     let rows: Vec<RunArtifact> = sqlx::query_as(
         "SELECT path, step_id AS step, attempt, sha256, size, created_at FROM artifacts \
          WHERE run_id = $1 ORDER BY path",
@@ -94,11 +89,8 @@ async fn download_artifact(
     Path((org, run, path)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let org = path_id(&org, "org")?;
-    let run = path_id(&run, "run")?;
-    let access = auth.authorize(&state, org, Permission::RunsRead).await?;
-    let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    find_run(&mut tx, &access, run).await?;
+    let (mut tx, access, found) = open_run(&state, &auth, &org, &run, Permission::RunsRead).await?;
+    let (org, run) = (access.org_id, found.id);
     let sha256: Option<String> =
         sqlx::query_scalar("SELECT sha256 FROM artifacts WHERE run_id = $1 AND path = $2")
             .bind(run)

@@ -20,11 +20,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{FINAL_STATES, events_after, find_run};
+use super::{FINAL_STATES, events_after, open_run};
 use crate::AppState;
 use crate::auth::Auth;
 use crate::permissions::Permission;
-use crate::routes::path_id;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(run_events))
@@ -130,11 +129,8 @@ async fn run_events(
     Path((org, run)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let org = path_id(&org, "org")?;
-    let run = path_id(&run, "run")?;
-    let access = auth.authorize(&state, org, Permission::RunsRead).await?;
-    let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    find_run(&mut tx, &access, run).await?;
+    let (tx, access, found) = open_run(&state, &auth, &org, &run, Permission::RunsRead).await?;
+    let (org, run) = (access.org_id, found.id);
     tx.commit().await?;
     // A Last-Event-ID this server did not send is ignored, as the SSE specification expects.
     let last = headers
