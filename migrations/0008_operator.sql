@@ -145,7 +145,7 @@ CREATE TRIGGER jobs_notify AFTER INSERT ON jobs FOR EACH STATEMENT EXECUTE FUNCT
 -- One row per finished attempt: the primary key makes a completion count once, however many
 -- workers race to record it after a lease expired.
 CREATE TABLE step_attempts (
-    run_id         uuid NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    run_id         uuid NOT NULL,  -- no FK: see runs_cleanup below
     org_id         uuid NOT NULL,
     step_id        text NOT NULL,
     attempt        integer NOT NULL,
@@ -161,7 +161,7 @@ CREATE TABLE step_attempts (
 );
 
 CREATE TABLE artifacts (
-    run_id      uuid NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    run_id      uuid NOT NULL,  -- no FK: see runs_cleanup below
     org_id      uuid NOT NULL,
     path        text NOT NULL,
     step_id     text NOT NULL,
@@ -176,7 +176,7 @@ CREATE TABLE artifacts (
 CREATE TABLE run_events (
     id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     org_id   uuid NOT NULL,
-    run_id   uuid NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    run_id   uuid NOT NULL,  -- no FK: see runs_cleanup below
     at       timestamptz NOT NULL DEFAULT clock_timestamp(),
     kind     text NOT NULL,
     step_id  text,
@@ -184,6 +184,30 @@ CREATE TABLE run_events (
     data     jsonb NOT NULL DEFAULT '{}'
 );
 CREATE INDEX run_events_run_idx ON run_events (run_id, id);
+
+-- The three append-only tables above get several rows per step; a foreign key would run a
+-- lookup in runs for each of them on the operator's hottest path. They are written only by
+-- the operator's functions for runs they have locked, and are removed with their run here,
+-- once per deleting statement (an org's deletion cascades to its runs and on to these).
+-- SECURITY DEFINER: the app role may not delete from these tables itself (they are append-only
+-- for it); row-level security still limits the deletes to the deleting transaction's org.
+CREATE FUNCTION runs_cleanup() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    v_prev text := current_setting('app.operator', true);
+BEGIN
+    -- Whoever deleted the runs (an org-scoped request, an operator, an administrator), their
+    -- rows go with them: see them all for these three statements, then restore the setting.
+    PERFORM set_config('app.operator', 'on', true);
+    DELETE FROM step_attempts WHERE run_id IN (SELECT id FROM gone);
+    DELETE FROM artifacts WHERE run_id IN (SELECT id FROM gone);
+    DELETE FROM run_events WHERE run_id IN (SELECT id FROM gone);
+    PERFORM set_config('app.operator', coalesce(v_prev, ''), true);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER runs_cleanup AFTER DELETE ON runs REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION runs_cleanup();
 
 DO $$
 DECLARE t text;
@@ -319,8 +343,9 @@ DECLARE
     v_runs uuid[];
 BEGIN
     -- 1. No-op jobs: deleting the row is the record (a second completion deletes nothing).
-    DELETE FROM jobs WHERE id IN (SELECT (e->>'job')::bigint FROM jsonb_array_elements(p_items) e
-                                   WHERE (e->>'noop')::boolean);
+    -- (`= ANY (ARRAY(…))` keeps these lookups on the primary key whatever the plan cache holds.)
+    DELETE FROM jobs WHERE id = ANY (ARRAY(SELECT (e->>'job')::bigint FROM jsonb_array_elements(p_items) e
+                                            WHERE (e->>'noop')::boolean));
     GET DIAGNOSTICS v_recorded = ROW_COUNT;
 
     -- 2. Successes, set-based: a handful of statements for the whole batch.
@@ -334,8 +359,8 @@ BEGIN
     -- Lock the runs in a fixed order, then record the attempts that nobody recorded yet.
     SELECT array_agg(r.id ORDER BY r.id) INTO v_runs FROM (
         SELECT r.id FROM runs r
-         WHERE r.id IN (SELECT (e->>'run')::uuid FROM jsonb_array_elements(p_items) e
-                         WHERE e->>'status' = 'succeeded')
+         WHERE r.id = ANY (ARRAY(SELECT (e->>'run')::uuid FROM jsonb_array_elements(p_items) e
+                                  WHERE e->>'status' = 'succeeded'))
          ORDER BY r.id FOR UPDATE
     ) r;
     WITH s AS (
@@ -349,6 +374,7 @@ BEGIN
         SELECT s.run, r.org_id, s.step, s.attempt, s.execution_id, p_worker, 'succeeded',
                s.receipt, s.started_at, s.finished_at
           FROM s JOIN runs r ON r.id = s.run
+         WHERE r.id = ANY (v_runs)
         ON CONFLICT DO NOTHING
         RETURNING run_id, step_id, attempt
     )
@@ -360,12 +386,12 @@ BEGIN
           FROM jsonb_to_recordset(p_items) AS x(job bigint, run uuid, step text, attempt integer,
                status text, outputs jsonb, dependents jsonb, artifacts jsonb, noop boolean)
           JOIN runs r ON r.id = x.run
-         WHERE x.noop IS NOT TRUE AND x.status = 'succeeded'
+         WHERE r.id = ANY (v_runs) AND x.noop IS NOT TRUE AND x.status = 'succeeded'
            AND (x.run::text || '/' || x.step || '/' || x.attempt) = ANY (v_keys);
         GET DIAGNOSTICS v_n = ROW_COUNT;
         v_recorded := v_recorded + v_n;
 
-        DELETE FROM jobs j USING pg_temp.done_items d WHERE j.id = d.job;
+        DELETE FROM jobs WHERE id = ANY (ARRAY(SELECT d.job FROM pg_temp.done_items d));
         INSERT INTO artifacts (run_id, org_id, path, step_id, attempt, sha256, size)
         SELECT d.run, d.org, a->>'path', d.step, d.attempt, a->>'sha256', (a->>'size')::bigint
           FROM pg_temp.done_items d, jsonb_array_elements(coalesce(d.artifacts, '[]')) a
@@ -374,11 +400,13 @@ BEGIN
         UPDATE run_steps s SET attempts = greatest(s.attempts, d.attempt), finished_at = now(),
                status = CASE WHEN s.status IN ('running', 'queued') THEN 'cancelled' ELSE s.status END
           FROM pg_temp.done_items d
-         WHERE NOT d.active AND s.run_id = d.run AND s.step_id = d.step;
+         WHERE s.run_id = ANY (ARRAY(SELECT x.run FROM pg_temp.done_items x WHERE NOT x.active))
+           AND NOT d.active AND s.run_id = d.run AND s.step_id = d.step;
         UPDATE run_steps s SET status = 'succeeded', attempts = d.attempt, finished_at = now(),
                outputs = d.outputs, error_code = NULL, error_message = NULL
           FROM pg_temp.done_items d
-         WHERE d.active AND s.run_id = d.run AND s.step_id = d.step;
+         WHERE s.run_id = ANY (ARRAY(SELECT x.run FROM pg_temp.done_items x WHERE x.active))
+           AND d.active AND s.run_id = d.run AND s.step_id = d.step;
         INSERT INTO run_events (org_id, run_id, kind, step_id, attempt)
         SELECT d.org, d.run, 'step.succeeded', d.step, d.attempt FROM pg_temp.done_items d;
         -- Release dependents (a fan-in step may be released by several steps of the batch).
@@ -389,7 +417,9 @@ BEGIN
         ), dec AS (
             UPDATE run_steps s SET pending_deps = s.pending_deps - d.n,
                    status = CASE WHEN s.pending_deps - d.n <= 0 THEN 'queued' ELSE s.status END
-              FROM d WHERE s.run_id = d.run AND s.step_id = d.dep AND s.status = 'pending'
+              FROM d
+             WHERE s.run_id = ANY (ARRAY(SELECT x.run FROM pg_temp.done_items x WHERE x.active))
+               AND s.run_id = d.run AND s.step_id = d.dep AND s.status = 'pending'
             RETURNING s.org_id, s.run_id, s.step_id, s.pending_deps
         )
         INSERT INTO jobs (org_id, kind, run_id, step_id, attempt)
@@ -397,21 +427,22 @@ BEGIN
         UPDATE runs r SET steps_done = r.steps_done + c.n
           FROM (SELECT d.run, count(*)::integer AS n FROM pg_temp.done_items d
                  WHERE d.active GROUP BY d.run) c
-         WHERE r.id = c.run;
+         WHERE r.id = ANY (ARRAY(SELECT x.run FROM pg_temp.done_items x WHERE x.active))
+           AND r.id = c.run;
         WITH fin AS (
             UPDATE runs r SET state = CASE WHEN r.steps_failed > 0 THEN 'partial' ELSE 'succeeded' END,
                               finished_at = now()
-             WHERE r.id IN (SELECT d.run FROM pg_temp.done_items d WHERE d.active)
+             WHERE r.id = ANY (ARRAY(SELECT d.run FROM pg_temp.done_items d WHERE d.active))
                AND r.steps_done >= r.steps_total AND r.state = 'running'
             RETURNING r.org_id, r.id, r.state
         )
         INSERT INTO run_events (org_id, run_id, kind) SELECT fin.org_id, fin.id, 'run.' || fin.state FROM fin;
     END IF;
     -- Successes of runs that no longer exist: drop their jobs.
-    DELETE FROM jobs WHERE id IN (
+    DELETE FROM jobs WHERE id = ANY (ARRAY(
         SELECT (e->>'job')::bigint FROM jsonb_array_elements(p_items) e
          WHERE e->>'status' = 'succeeded'
-           AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = (e->>'run')::uuid));
+           AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = (e->>'run')::uuid)));
 
     -- 3. Failures, one by one (rare; each may retry, fail the run or let it continue).
     FOR it IN SELECT * FROM jsonb_array_elements(p_items) LOOP
@@ -526,11 +557,17 @@ RETURNS TABLE (job_id bigint, run_id uuid, step_id text, attempt integer, org_id
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
+    -- Runs are locked in id order, as operator_complete locks them, so the two never deadlock.
     UPDATE runs r SET state = 'running', started_at = coalesce(r.started_at, now())
-     WHERE r.state = 'queued' AND r.id IN (SELECT j.run_id FROM jobs j WHERE j.id = ANY (p_jobs));
+     WHERE r.id = ANY (ARRAY(
+        SELECT q.id FROM runs q
+         WHERE q.state = 'queued'
+           AND q.id = ANY (ARRAY(SELECT j.run_id FROM jobs j WHERE j.id = ANY (p_jobs)))
+         ORDER BY q.id FOR UPDATE));
     UPDATE run_steps s SET status = 'running', started_at = coalesce(s.started_at, now())
       FROM jobs j
-     WHERE j.id = ANY (p_jobs) AND s.run_id = j.run_id AND s.step_id = j.step_id
+     WHERE s.run_id = ANY (ARRAY(SELECT q.run_id FROM jobs q WHERE q.id = ANY (p_jobs)))
+       AND j.id = ANY (p_jobs) AND s.run_id = j.run_id AND s.step_id = j.step_id
        AND s.status IN ('queued', 'running');
     INSERT INTO run_events (org_id, run_id, kind, step_id, attempt)
     SELECT j.org_id, j.run_id, 'step.started', j.step_id, j.attempt FROM jobs j
@@ -543,3 +580,10 @@ BEGIN
      WHERE j.id = ANY (p_jobs) AND j.kind = 'step';
 END
 $$;
+
+-- The batch functions see arrays and JSON of very different sizes from call to call; a plan
+-- cached for one shape (say, a hash join over a sequential scan of runs) is badly wrong for the
+-- next. Planning each statement for the values at hand costs far less than that.
+ALTER FUNCTION operator_claim(uuid, integer, integer, integer) SET plan_cache_mode = force_custom_plan;
+ALTER FUNCTION operator_complete(uuid, jsonb) SET plan_cache_mode = force_custom_plan;
+ALTER FUNCTION operator_started(bigint[]) SET plan_cache_mode = force_custom_plan;

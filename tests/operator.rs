@@ -244,7 +244,23 @@ async fn runs_a_dag_passing_outputs_and_writes_receipts_and_artifacts() {
     assert_eq!(kinds.first().map(String::as_str), Some("run.queued"));
     assert_eq!(kinds.last().map(String::as_str), Some("run.succeeded"));
     assert_eq!(kinds.iter().filter(|k| *k == "step.succeeded").count(), 4);
+    // Deleting the org removes its runs and, with them, their attempts, artifacts and events.
     op.stop().await;
+    sqlx::query("DELETE FROM orgs WHERE id = $1")
+        .bind(t.org)
+        .execute(&admin)
+        .await
+        .expect("delete org");
+    let left: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM step_attempts WHERE run_id = $1), \
+                (SELECT count(*) FROM artifacts WHERE run_id = $1), \
+                (SELECT count(*) FROM run_events WHERE run_id = $1)",
+    )
+    .bind(run)
+    .fetch_one(&admin)
+    .await
+    .expect("left");
+    assert_eq!(left, (0, 0, 0));
 }
 
 #[tokio::test]
