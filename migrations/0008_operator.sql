@@ -338,115 +338,12 @@ DECLARE
     v_ready text[];
     v_done integer;
     v_recorded integer := 0;
-    v_n integer;
-    v_keys text[];
-    v_runs uuid[];
+    v_noops bigint[] := '{}';
 BEGIN
-    -- 1. No-op jobs: deleting the row is the record (a second completion deletes nothing).
-    -- (`= ANY (ARRAY(…))` keeps these lookups on the primary key whatever the plan cache holds.)
-    DELETE FROM jobs WHERE id = ANY (ARRAY(SELECT (e->>'job')::bigint FROM jsonb_array_elements(p_items) e
-                                            WHERE (e->>'noop')::boolean));
-    GET DIAGNOSTICS v_recorded = ROW_COUNT;
-
-    -- 2. Successes, set-based: a handful of statements for the whole batch.
-    IF to_regclass('pg_temp.done_items') IS NULL THEN
-        -- This session's scratch table; emptied at every commit.
-        CREATE TEMP TABLE done_items (
-            job bigint, run uuid, step text, attempt integer, org uuid, active boolean,
-            outputs jsonb, dependents jsonb, artifacts jsonb
-        ) ON COMMIT DELETE ROWS;
-    END IF;
-    -- Lock the runs in a fixed order, then record the attempts that nobody recorded yet.
-    SELECT array_agg(r.id ORDER BY r.id) INTO v_runs FROM (
-        SELECT r.id FROM runs r
-         WHERE r.id = ANY (ARRAY(SELECT (e->>'run')::uuid FROM jsonb_array_elements(p_items) e
-                                  WHERE e->>'status' = 'succeeded'))
-         ORDER BY r.id FOR UPDATE
-    ) r;
-    WITH s AS (
-        SELECT x.* FROM jsonb_to_recordset(p_items) AS x(
-            job bigint, run uuid, step text, attempt integer, execution_id text, status text,
-            receipt jsonb, started_at timestamptz, finished_at timestamptz, noop boolean)
-         WHERE x.noop IS NOT TRUE AND x.status = 'succeeded'
-    ), ins AS (
-        INSERT INTO step_attempts (run_id, org_id, step_id, attempt, execution_id, worker, status,
-                                   receipt, started_at, finished_at)
-        SELECT s.run, r.org_id, s.step, s.attempt, s.execution_id, p_worker, 'succeeded',
-               s.receipt, s.started_at, s.finished_at
-          FROM s JOIN runs r ON r.id = s.run
-         WHERE r.id = ANY (v_runs)
-        ON CONFLICT DO NOTHING
-        RETURNING run_id, step_id, attempt
-    )
-    SELECT array_agg(ins.run_id::text || '/' || ins.step_id || '/' || ins.attempt) INTO v_keys FROM ins;
-    IF v_keys IS NOT NULL THEN
-        INSERT INTO pg_temp.done_items
-        SELECT x.job, x.run, x.step, x.attempt, r.org_id, r.state IN ('queued', 'running'),
-               x.outputs, x.dependents, x.artifacts
-          FROM jsonb_to_recordset(p_items) AS x(job bigint, run uuid, step text, attempt integer,
-               status text, outputs jsonb, dependents jsonb, artifacts jsonb, noop boolean)
-          JOIN runs r ON r.id = x.run
-         WHERE r.id = ANY (v_runs) AND x.noop IS NOT TRUE AND x.status = 'succeeded'
-           AND (x.run::text || '/' || x.step || '/' || x.attempt) = ANY (v_keys);
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-        v_recorded := v_recorded + v_n;
-
-        DELETE FROM jobs WHERE id = ANY (ARRAY(SELECT d.job FROM pg_temp.done_items d));
-        INSERT INTO artifacts (run_id, org_id, path, step_id, attempt, sha256, size)
-        SELECT d.run, d.org, a->>'path', d.step, d.attempt, a->>'sha256', (a->>'size')::bigint
-          FROM pg_temp.done_items d, jsonb_array_elements(coalesce(d.artifacts, '[]')) a
-        ON CONFLICT (run_id, path) DO NOTHING;
-        -- Runs cancelled or failed meanwhile: record, advance nothing.
-        UPDATE run_steps s SET attempts = greatest(s.attempts, d.attempt), finished_at = now(),
-               status = CASE WHEN s.status IN ('running', 'queued') THEN 'cancelled' ELSE s.status END
-          FROM pg_temp.done_items d
-         WHERE s.run_id = ANY (ARRAY(SELECT x.run FROM pg_temp.done_items x WHERE NOT x.active))
-           AND NOT d.active AND s.run_id = d.run AND s.step_id = d.step;
-        UPDATE run_steps s SET status = 'succeeded', attempts = d.attempt, finished_at = now(),
-               outputs = d.outputs, error_code = NULL, error_message = NULL
-          FROM pg_temp.done_items d
-         WHERE s.run_id = ANY (ARRAY(SELECT x.run FROM pg_temp.done_items x WHERE x.active))
-           AND d.active AND s.run_id = d.run AND s.step_id = d.step;
-        INSERT INTO run_events (org_id, run_id, kind, step_id, attempt)
-        SELECT d.org, d.run, 'step.succeeded', d.step, d.attempt FROM pg_temp.done_items d;
-        -- Release dependents (a fan-in step may be released by several steps of the batch).
-        WITH d AS (
-            SELECT d.run, dep, count(*)::integer AS n
-              FROM pg_temp.done_items d, jsonb_array_elements_text(coalesce(d.dependents, '[]')) dep
-             WHERE d.active GROUP BY d.run, dep
-        ), dec AS (
-            UPDATE run_steps s SET pending_deps = s.pending_deps - d.n,
-                   status = CASE WHEN s.pending_deps - d.n <= 0 THEN 'queued' ELSE s.status END
-              FROM d
-             WHERE s.run_id = ANY (ARRAY(SELECT x.run FROM pg_temp.done_items x WHERE x.active))
-               AND s.run_id = d.run AND s.step_id = d.dep AND s.status = 'pending'
-            RETURNING s.org_id, s.run_id, s.step_id, s.pending_deps
-        )
-        INSERT INTO jobs (org_id, kind, run_id, step_id, attempt)
-        SELECT dec.org_id, 'step', dec.run_id, dec.step_id, 1 FROM dec WHERE dec.pending_deps <= 0;
-        UPDATE runs r SET steps_done = r.steps_done + c.n
-          FROM (SELECT d.run, count(*)::integer AS n FROM pg_temp.done_items d
-                 WHERE d.active GROUP BY d.run) c
-         WHERE r.id = ANY (ARRAY(SELECT x.run FROM pg_temp.done_items x WHERE x.active))
-           AND r.id = c.run;
-        WITH fin AS (
-            UPDATE runs r SET state = CASE WHEN r.steps_failed > 0 THEN 'partial' ELSE 'succeeded' END,
-                              finished_at = now()
-             WHERE r.id = ANY (ARRAY(SELECT d.run FROM pg_temp.done_items d WHERE d.active))
-               AND r.steps_done >= r.steps_total AND r.state = 'running'
-            RETURNING r.org_id, r.id, r.state
-        )
-        INSERT INTO run_events (org_id, run_id, kind) SELECT fin.org_id, fin.id, 'run.' || fin.state FROM fin;
-    END IF;
-    -- Successes of runs that no longer exist: drop their jobs.
-    DELETE FROM jobs WHERE id = ANY (ARRAY(
-        SELECT (e->>'job')::bigint FROM jsonb_array_elements(p_items) e
-         WHERE e->>'status' = 'succeeded'
-           AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = (e->>'run')::uuid)));
-
-    -- 3. Failures, one by one (rare; each may retry, fail the run or let it continue).
-    FOR it IN SELECT * FROM jsonb_array_elements(p_items) LOOP
-        IF (it->>'noop')::boolean OR it->>'status' = 'succeeded' THEN
+    -- In run order, as operator_started locks runs, so concurrent calls never deadlock.
+    FOR it IN SELECT e FROM jsonb_array_elements(p_items) e ORDER BY e->>'run', e->>'step' LOOP
+        IF (it->>'noop')::boolean THEN
+            v_noops := v_noops || (it->>'job')::bigint;
             CONTINUE;
         END IF;
         v_run := (it->>'run')::uuid;
@@ -487,7 +384,25 @@ BEGIN
             CONTINUE;
         END IF;
 
-        IF it->'retry_in_ms' IS NOT NULL AND jsonb_typeof(it->'retry_in_ms') = 'number' THEN
+        IF it->>'status' = 'succeeded' THEN
+            UPDATE run_steps SET status = 'succeeded', attempts = v_attempt, finished_at = now(),
+                   outputs = it->'outputs', error_code = NULL, error_message = NULL
+             WHERE run_id = v_run AND step_id = v_step;
+            INSERT INTO run_events (org_id, run_id, kind, step_id, attempt)
+            VALUES (v_org, v_run, 'step.succeeded', v_step, v_attempt);
+            WITH dec AS (
+                UPDATE run_steps s SET pending_deps = s.pending_deps - 1,
+                       status = CASE WHEN s.pending_deps = 1 THEN 'queued' ELSE s.status END
+                 WHERE s.run_id = v_run AND s.status = 'pending'
+                   AND s.step_id IN (SELECT jsonb_array_elements_text(it->'dependents'))
+                RETURNING s.step_id, s.pending_deps
+            ) SELECT array_agg(dec.step_id) FILTER (WHERE dec.pending_deps = 0) INTO v_ready FROM dec;
+            IF v_ready IS NOT NULL THEN
+                INSERT INTO jobs (org_id, kind, run_id, step_id, attempt)
+                SELECT v_org, 'step', v_run, s, 1 FROM unnest(v_ready) s;
+            END IF;
+            UPDATE runs SET steps_done = steps_done + 1 WHERE id = v_run;
+        ELSIF it->'retry_in_ms' IS NOT NULL AND jsonb_typeof(it->'retry_in_ms') = 'number' THEN
             UPDATE run_steps SET status = 'queued', attempts = v_attempt,
                    error_code = it->>'error_code', error_message = it->>'error_message'
              WHERE run_id = v_run AND step_id = v_step;
@@ -545,6 +460,10 @@ BEGIN
         END IF;
     END LOOP;
 
+    IF array_length(v_noops, 1) > 0 THEN
+        DELETE FROM jobs WHERE id = ANY (v_noops);
+        v_recorded := v_recorded + array_length(v_noops, 1);
+    END IF;
     RETURN v_recorded;
 END
 $$;
@@ -581,9 +500,8 @@ BEGIN
 END
 $$;
 
--- The batch functions see arrays and JSON of very different sizes from call to call; a plan
--- cached for one shape (say, a hash join over a sequential scan of runs) is badly wrong for the
--- next. Planning each statement for the values at hand costs far less than that.
+-- The once-per-batch functions see arrays of very different sizes from call to call; a plan
+-- cached for one size can be badly wrong for the next, and planning their few statements per
+-- call is cheap. (operator_complete runs its statements once per item: it keeps cached plans.)
 ALTER FUNCTION operator_claim(uuid, integer, integer, integer) SET plan_cache_mode = force_custom_plan;
-ALTER FUNCTION operator_complete(uuid, jsonb) SET plan_cache_mode = force_custom_plan;
 ALTER FUNCTION operator_started(bigint[]) SET plan_cache_mode = force_custom_plan;
