@@ -325,6 +325,11 @@ $$;
 -- and {job, noop: true} for no-op jobs.
 -- Returns how many items were recorded (an attempt already recorded by another worker is
 -- skipped: exactly once).
+--
+-- Every run of the batch is locked first, in id order (the one order in which anything locks
+-- several runs, so concurrent calls never deadlock). Successes of active runs, nearly all of
+-- the traffic, are then recorded with a handful of set-based statements for the whole batch;
+-- the rest (failures, results for runs that ended or vanished meanwhile) one by one.
 CREATE FUNCTION operator_complete(p_worker uuid, p_items jsonb)
 RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -338,19 +343,105 @@ DECLARE
     v_ready text[];
     v_done integer;
     v_recorded integer := 0;
-    v_noops bigint[] := '{}';
+    v_n integer;
+    -- the batch's successes recorded set-based, as parallel arrays
+    a_job bigint[];
+    a_run uuid[];
+    a_org uuid[];
+    a_step text[];
+    a_attempt integer[];
+    a_outputs jsonb[];
+    a_deps jsonb[];
+    a_artifacts jsonb[];
 BEGIN
-    -- In run order, as operator_started locks runs, so concurrent calls never deadlock.
-    FOR it IN SELECT e FROM jsonb_array_elements(p_items) e ORDER BY e->>'run', e->>'step' LOOP
-        IF (it->>'noop')::boolean THEN
-            v_noops := v_noops || (it->>'job')::bigint;
-            CONTINUE;
-        END IF;
+    -- No-op jobs: deleting the row is the record (a second completion deletes nothing).
+    DELETE FROM jobs WHERE id IN (SELECT (e->>'job')::bigint FROM jsonb_array_elements(p_items) e
+                                   WHERE (e->>'noop')::boolean);
+    GET DIAGNOSTICS v_recorded = ROW_COUNT;
+
+    PERFORM 1 FROM runs r
+     WHERE r.id IN (SELECT (e->>'run')::uuid FROM jsonb_array_elements(p_items) e
+                     WHERE e->>'run' IS NOT NULL)
+     ORDER BY r.id FOR UPDATE;
+
+    -- Successes of active runs: insert the attempts; those that conflict were recorded before.
+    WITH s AS MATERIALIZED (
+        SELECT x.* FROM jsonb_to_recordset(p_items) AS x(
+            job bigint, run uuid, step text, attempt integer, execution_id text, status text,
+            receipt jsonb, started_at timestamptz, finished_at timestamptz, outputs jsonb,
+            dependents jsonb, artifacts jsonb, noop boolean)
+         WHERE x.noop IS NOT TRUE AND x.status = 'succeeded'
+    ), ins AS (
+        INSERT INTO step_attempts (run_id, org_id, step_id, attempt, execution_id, worker, status,
+                                   receipt, started_at, finished_at)
+        SELECT s.run, r.org_id, s.step, s.attempt, s.execution_id, p_worker, 'succeeded',
+               s.receipt, s.started_at, s.finished_at
+          FROM s JOIN runs r ON r.id = s.run AND r.state IN ('queued', 'running')
+        ON CONFLICT DO NOTHING
+        RETURNING run_id, org_id, step_id, attempt
+    )
+    SELECT array_agg(s.job), array_agg(s.run), array_agg(ins.org_id), array_agg(s.step),
+           array_agg(s.attempt), array_agg(s.outputs), array_agg(coalesce(s.dependents, '[]')),
+           array_agg(coalesce(s.artifacts, '[]'))
+      INTO a_job, a_run, a_org, a_step, a_attempt, a_outputs, a_deps, a_artifacts
+      FROM ins JOIN s ON s.run = ins.run_id AND s.step = ins.step_id AND s.attempt = ins.attempt;
+
+    v_n := coalesce(array_length(a_job, 1), 0);
+    IF v_n > 0 THEN
+        v_recorded := v_recorded + v_n;
+        DELETE FROM jobs WHERE id = ANY (a_job);
+        INSERT INTO artifacts (run_id, org_id, path, step_id, attempt, sha256, size)
+        SELECT u.run, u.org, a->>'path', u.step, u.attempt, a->>'sha256', (a->>'size')::bigint
+          FROM unnest(a_run, a_org, a_step, a_attempt, a_artifacts) AS u(run, org, step, attempt, arts),
+               jsonb_array_elements(u.arts) a
+        ON CONFLICT (run_id, path) DO NOTHING;
+        UPDATE run_steps s SET status = 'succeeded', attempts = u.attempt, finished_at = now(),
+               outputs = u.outputs, error_code = NULL, error_message = NULL
+          FROM unnest(a_run, a_step, a_attempt, a_outputs) AS u(run, step, attempt, outputs)
+         WHERE s.run_id = u.run AND s.step_id = u.step;
+        INSERT INTO run_events (org_id, run_id, kind, step_id, attempt)
+        SELECT u.org, u.run, 'step.succeeded', u.step, u.attempt
+          FROM unnest(a_org, a_run, a_step, a_attempt) AS u(org, run, step, attempt);
+        -- Release dependents (a fan-in step may be released by several steps of the batch).
+        WITH d AS (
+            SELECT u.run, dep, count(*)::integer AS n
+              FROM unnest(a_run, a_deps) AS u(run, deps), jsonb_array_elements_text(u.deps) dep
+             GROUP BY u.run, dep
+        ), dec AS (
+            UPDATE run_steps s SET pending_deps = s.pending_deps - d.n,
+                   status = CASE WHEN s.pending_deps - d.n <= 0 THEN 'queued' ELSE s.status END
+              FROM d WHERE s.run_id = d.run AND s.step_id = d.dep AND s.status = 'pending'
+            RETURNING s.org_id, s.run_id, s.step_id, s.pending_deps
+        )
+        INSERT INTO jobs (org_id, kind, run_id, step_id, attempt)
+        SELECT dec.org_id, 'step', dec.run_id, dec.step_id, 1 FROM dec WHERE dec.pending_deps <= 0;
+        -- Count the steps done; a run whose last step this was is finished.
+        WITH c AS (
+            SELECT u.run, count(*)::integer AS n FROM unnest(a_run) AS u(run) GROUP BY u.run
+        ), fin AS (
+            UPDATE runs r SET steps_done = r.steps_done + c.n,
+                   started_at = coalesce(r.started_at, now()),
+                   state = CASE WHEN r.steps_done + c.n < r.steps_total THEN 'running'
+                                WHEN r.steps_failed > 0 THEN 'partial' ELSE 'succeeded' END,
+                   finished_at = CASE WHEN r.steps_done + c.n < r.steps_total THEN NULL ELSE now() END
+              FROM c WHERE r.id = c.run
+            RETURNING r.org_id, r.id, r.state
+        )
+        INSERT INTO run_events (org_id, run_id, kind)
+        SELECT fin.org_id, fin.id, 'run.' || fin.state FROM fin WHERE fin.state <> 'running';
+    END IF;
+
+    -- Everything else, one by one: failures (each may retry, fail the run or let it go on),
+    -- results for runs that ended or vanished meanwhile, attempts recorded before.
+    FOR it IN SELECT e FROM jsonb_array_elements(p_items) e
+               WHERE NOT coalesce((e->>'noop')::boolean, false)
+                 AND NOT (e->>'job')::bigint = ANY (coalesce(a_job, '{}'))
+               ORDER BY e->>'run', e->>'step' LOOP
         v_run := (it->>'run')::uuid;
         v_step := it->>'step';
         v_attempt := (it->>'attempt')::integer;
 
-        SELECT r.org_id, r.state INTO v_org, v_state FROM runs r WHERE r.id = v_run FOR UPDATE;
+        SELECT r.org_id, r.state INTO v_org, v_state FROM runs r WHERE r.id = v_run;
         IF NOT FOUND THEN
             DELETE FROM jobs WHERE id = (it->>'job')::bigint;
             CONTINUE;
@@ -384,25 +475,7 @@ BEGIN
             CONTINUE;
         END IF;
 
-        IF it->>'status' = 'succeeded' THEN
-            UPDATE run_steps SET status = 'succeeded', attempts = v_attempt, finished_at = now(),
-                   outputs = it->'outputs', error_code = NULL, error_message = NULL
-             WHERE run_id = v_run AND step_id = v_step;
-            INSERT INTO run_events (org_id, run_id, kind, step_id, attempt)
-            VALUES (v_org, v_run, 'step.succeeded', v_step, v_attempt);
-            WITH dec AS (
-                UPDATE run_steps s SET pending_deps = s.pending_deps - 1,
-                       status = CASE WHEN s.pending_deps = 1 THEN 'queued' ELSE s.status END
-                 WHERE s.run_id = v_run AND s.status = 'pending'
-                   AND s.step_id IN (SELECT jsonb_array_elements_text(it->'dependents'))
-                RETURNING s.step_id, s.pending_deps
-            ) SELECT array_agg(dec.step_id) FILTER (WHERE dec.pending_deps = 0) INTO v_ready FROM dec;
-            IF v_ready IS NOT NULL THEN
-                INSERT INTO jobs (org_id, kind, run_id, step_id, attempt)
-                SELECT v_org, 'step', v_run, s, 1 FROM unnest(v_ready) s;
-            END IF;
-            UPDATE runs SET steps_done = steps_done + 1 WHERE id = v_run;
-        ELSIF it->'retry_in_ms' IS NOT NULL AND jsonb_typeof(it->'retry_in_ms') = 'number' THEN
+        IF it->'retry_in_ms' IS NOT NULL AND jsonb_typeof(it->'retry_in_ms') = 'number' THEN
             UPDATE run_steps SET status = 'queued', attempts = v_attempt,
                    error_code = it->>'error_code', error_message = it->>'error_message'
              WHERE run_id = v_run AND step_id = v_step;
@@ -413,76 +486,72 @@ BEGIN
             VALUES (v_org, v_run, 'step.retrying', v_step, v_attempt,
                     jsonb_build_object('error_code', it->>'error_code',
                                        'retry_in_ms', (it->>'retry_in_ms')::integer));
-        ELSE
-            UPDATE run_steps SET status = 'failed', attempts = v_attempt, finished_at = now(),
-                   error_code = it->>'error_code', error_message = it->>'error_message'
-             WHERE run_id = v_run AND step_id = v_step;
-            INSERT INTO run_events (org_id, run_id, kind, step_id, attempt, data)
-            VALUES (v_org, v_run, 'step.failed', v_step, v_attempt,
-                    jsonb_build_object('error_code', it->>'error_code'));
-            IF it->>'on_failure' = 'continue' THEN
-                -- The run goes on: dependents are released as after a success; one that
-                -- references this step's (missing) outputs fails to resolve them.
-                WITH dec AS (
-                    UPDATE run_steps s SET pending_deps = s.pending_deps - 1,
-                           status = CASE WHEN s.pending_deps = 1 THEN 'queued' ELSE s.status END
-                     WHERE s.run_id = v_run AND s.status = 'pending'
-                       AND s.step_id IN (SELECT jsonb_array_elements_text(it->'dependents'))
-                    RETURNING s.step_id, s.pending_deps
-                ) SELECT array_agg(dec.step_id) FILTER (WHERE dec.pending_deps = 0) INTO v_ready FROM dec;
-                IF v_ready IS NOT NULL THEN
-                    INSERT INTO jobs (org_id, kind, run_id, step_id, attempt)
-                    SELECT v_org, 'step', v_run, s, 1 FROM unnest(v_ready) s;
-                END IF;
-                UPDATE runs SET steps_done = steps_done + 1, steps_failed = steps_failed + 1
-                 WHERE id = v_run;
-            ELSE
-                UPDATE runs SET state = 'failed', finished_at = now(),
-                                steps_done = steps_done + 1, steps_failed = steps_failed + 1
-                 WHERE id = v_run;
-                UPDATE run_steps SET status = 'cancelled', finished_at = now()
-                 WHERE run_id = v_run AND status IN ('pending', 'queued');
-                DELETE FROM jobs WHERE run_id = v_run AND state = 'queued';
-                INSERT INTO run_events (org_id, run_id, kind, data)
-                VALUES (v_org, v_run, 'run.failed', jsonb_build_object('step', v_step));
-                CONTINUE;
-            END IF;
+            CONTINUE;
         END IF;
 
-        SELECT r.steps_done INTO v_done FROM runs r
-         WHERE r.id = v_run AND r.steps_done >= r.steps_total AND r.state = 'running';
-        IF FOUND THEN
-            UPDATE runs SET state = CASE WHEN steps_failed > 0 THEN 'partial' ELSE 'succeeded' END,
-                            finished_at = now()
-             WHERE id = v_run
-            RETURNING state INTO v_state;
-            INSERT INTO run_events (org_id, run_id, kind) VALUES (v_org, v_run, 'run.' || v_state);
+        UPDATE run_steps SET status = 'failed', attempts = v_attempt, finished_at = now(),
+               error_code = it->>'error_code', error_message = it->>'error_message'
+         WHERE run_id = v_run AND step_id = v_step;
+        INSERT INTO run_events (org_id, run_id, kind, step_id, attempt, data)
+        VALUES (v_org, v_run, 'step.failed', v_step, v_attempt,
+                jsonb_build_object('error_code', it->>'error_code'));
+        IF it->>'on_failure' IS DISTINCT FROM 'continue' THEN
+            UPDATE runs SET state = 'failed', finished_at = now(),
+                            started_at = coalesce(started_at, now()),
+                            steps_done = steps_done + 1, steps_failed = steps_failed + 1
+             WHERE id = v_run;
+            UPDATE run_steps SET status = 'cancelled', finished_at = now()
+             WHERE run_id = v_run AND status IN ('pending', 'queued');
+            DELETE FROM jobs WHERE run_id = v_run AND state = 'queued';
+            INSERT INTO run_events (org_id, run_id, kind, data)
+            VALUES (v_org, v_run, 'run.failed', jsonb_build_object('step', v_step));
+            CONTINUE;
+        END IF;
+
+        -- on_failure: continue. The run goes on: dependents are released as after a success;
+        -- one that references this step's (missing) outputs fails to resolve them.
+        WITH dec AS (
+            UPDATE run_steps s SET pending_deps = s.pending_deps - 1,
+                   status = CASE WHEN s.pending_deps = 1 THEN 'queued' ELSE s.status END
+             WHERE s.run_id = v_run AND s.status = 'pending'
+               AND s.step_id IN (SELECT jsonb_array_elements_text(it->'dependents'))
+            RETURNING s.step_id, s.pending_deps
+        ) SELECT array_agg(dec.step_id) FILTER (WHERE dec.pending_deps = 0) INTO v_ready FROM dec;
+        IF v_ready IS NOT NULL THEN
+            INSERT INTO jobs (org_id, kind, run_id, step_id, attempt)
+            SELECT v_org, 'step', v_run, s, 1 FROM unnest(v_ready) s;
+        END IF;
+        UPDATE runs SET steps_done = steps_done + 1, steps_failed = steps_failed + 1,
+                        started_at = coalesce(started_at, now()),
+                        state = CASE WHEN steps_done + 1 < steps_total THEN 'running'
+                                     ELSE 'partial' END,
+                        finished_at = CASE WHEN steps_done + 1 < steps_total THEN NULL ELSE now() END
+         WHERE id = v_run
+        RETURNING state INTO v_state;
+        IF v_state = 'partial' THEN
+            INSERT INTO run_events (org_id, run_id, kind) VALUES (v_org, v_run, 'run.partial');
         END IF;
     END LOOP;
 
-    IF array_length(v_noops, 1) > 0 THEN
-        DELETE FROM jobs WHERE id = ANY (v_noops);
-        v_recorded := v_recorded + array_length(v_noops, 1);
-    END IF;
     RETURN v_recorded;
 END
 $$;
 
--- Marks claimed step jobs' steps (and their runs) as running. Separate from the claim so that
--- no-op jobs pay nothing for it.
+-- Marks claimed step jobs' steps (and their runs) as running, and returns what the steps need.
+-- Separate from the claim so that no-op jobs pay nothing for it. It takes no lock it would have
+-- to wait for on runs: a run another transaction holds is left for operator_complete to mark.
 CREATE FUNCTION operator_started(p_jobs bigint[])
 RETURNS TABLE (job_id bigint, run_id uuid, step_id text, attempt integer, org_id uuid,
                state text, mode text, inputs jsonb, outputs jsonb)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    -- Runs are locked in id order, as operator_complete locks them, so the two never deadlock.
     UPDATE runs r SET state = 'running', started_at = coalesce(r.started_at, now())
      WHERE r.id = ANY (ARRAY(
         SELECT q.id FROM runs q
          WHERE q.state = 'queued'
            AND q.id = ANY (ARRAY(SELECT j.run_id FROM jobs j WHERE j.id = ANY (p_jobs)))
-         ORDER BY q.id FOR UPDATE));
+         FOR UPDATE SKIP LOCKED));
     UPDATE run_steps s SET status = 'running', started_at = coalesce(s.started_at, now())
       FROM jobs j
      WHERE s.run_id = ANY (ARRAY(SELECT q.run_id FROM jobs q WHERE q.id = ANY (p_jobs)))
@@ -502,6 +571,7 @@ $$;
 
 -- The once-per-batch functions see arrays of very different sizes from call to call; a plan
 -- cached for one size can be badly wrong for the next, and planning their few statements per
--- call is cheap. (operator_complete runs its statements once per item: it keeps cached plans.)
+-- call is cheap.
 ALTER FUNCTION operator_claim(uuid, integer, integer, integer) SET plan_cache_mode = force_custom_plan;
 ALTER FUNCTION operator_started(bigint[]) SET plan_cache_mode = force_custom_plan;
+ALTER FUNCTION operator_complete(uuid, jsonb) SET plan_cache_mode = force_custom_plan;
