@@ -317,7 +317,7 @@ $$;
 -- Complete ---------------------------------------------------------------------------------
 --
 -- p_items: a JSON array of attempt results, each
---   {job, run, step, attempt, execution_id, status: succeeded|failed, error_code, error_message,
+--   {job, run, org, step, attempt, execution_id, status: succeeded|failed, error_code, error_message,
 --    outputs: {name: text} | null, receipt, started_at, finished_at,
 --    retry_in_ms: integer | null (failed and another attempt is due),
 --    on_failure: fail|continue, dependents: [step],
@@ -341,54 +341,79 @@ DECLARE
     v_org uuid;
     v_state text;
     v_ready text[];
-    v_done integer;
     v_recorded integer := 0;
     v_n integer;
+    v_mine text[];
+    v_runs uuid[];
+    v_active uuid[];
     -- the batch's successes recorded set-based, as parallel arrays
     a_job bigint[];
     a_run uuid[];
     a_org uuid[];
     a_step text[];
     a_attempt integer[];
+    a_exec text[];
     a_outputs jsonb[];
     a_deps jsonb[];
     a_artifacts jsonb[];
+    a_receipt jsonb[];
+    a_started timestamptz[];
+    a_finished timestamptz[];
 BEGIN
     -- No-op jobs: deleting the row is the record (a second completion deletes nothing).
-    DELETE FROM jobs WHERE id IN (SELECT (e->>'job')::bigint FROM jsonb_array_elements(p_items) e
-                                   WHERE (e->>'noop')::boolean);
+    DELETE FROM jobs WHERE id = ANY (ARRAY(
+        SELECT (e->>'job')::bigint FROM jsonb_array_elements(p_items) e WHERE (e->>'noop')::boolean));
     GET DIAGNOSTICS v_recorded = ROW_COUNT;
 
-    PERFORM 1 FROM runs r
-     WHERE r.id IN (SELECT (e->>'run')::uuid FROM jsonb_array_elements(p_items) e
-                     WHERE e->>'run' IS NOT NULL)
-     ORDER BY r.id FOR UPDATE;
+    -- Lock the batch's runs; note which are still active.
+    v_runs := ARRAY(SELECT DISTINCT (e->>'run')::uuid FROM jsonb_array_elements(p_items) e
+                     WHERE e->>'run' IS NOT NULL);
+    SELECT array_agg(r.id) FILTER (WHERE r.state IN ('queued', 'running')) INTO v_active
+      FROM (SELECT q.id, q.state FROM runs q WHERE q.id = ANY (v_runs) ORDER BY q.id FOR UPDATE) r;
 
-    -- Successes of active runs: insert the attempts; those that conflict were recorded before.
-    WITH s AS MATERIALIZED (
-        SELECT x.* FROM jsonb_to_recordset(p_items) AS x(
-            job bigint, run uuid, step text, attempt integer, execution_id text, status text,
-            receipt jsonb, started_at timestamptz, finished_at timestamptz, outputs jsonb,
-            dependents jsonb, artifacts jsonb, noop boolean)
-         WHERE x.noop IS NOT TRUE AND x.status = 'succeeded'
-    ), ins AS (
-        INSERT INTO step_attempts (run_id, org_id, step_id, attempt, execution_id, worker, status,
-                                   receipt, started_at, finished_at)
-        SELECT s.run, r.org_id, s.step, s.attempt, s.execution_id, p_worker, 'succeeded',
-               s.receipt, s.started_at, s.finished_at
-          FROM s JOIN runs r ON r.id = s.run AND r.state IN ('queued', 'running')
-        ON CONFLICT DO NOTHING
-        RETURNING run_id, org_id, step_id, attempt
-    )
-    SELECT array_agg(s.job), array_agg(s.run), array_agg(ins.org_id), array_agg(s.step),
-           array_agg(s.attempt), array_agg(s.outputs), array_agg(coalesce(s.dependents, '[]')),
-           array_agg(coalesce(s.artifacts, '[]'))
-      INTO a_job, a_run, a_org, a_step, a_attempt, a_outputs, a_deps, a_artifacts
-      FROM ins JOIN s ON s.run = ins.run_id AND s.step = ins.step_id AND s.attempt = ins.attempt;
-
+    -- Successes of active runs.
+    -- (items carry their org; one without it is looked up)
+    SELECT array_agg(x.job), array_agg(x.run),
+           array_agg(coalesce(x.org, (SELECT r.org_id FROM runs r WHERE r.id = x.run))),
+           array_agg(x.step),
+           array_agg(x.attempt), array_agg(x.execution_id), array_agg(x.outputs),
+           array_agg(coalesce(x.dependents, '[]')), array_agg(coalesce(x.artifacts, '[]')),
+           array_agg(x.receipt), array_agg(x.started_at), array_agg(x.finished_at)
+      INTO a_job, a_run, a_org, a_step, a_attempt, a_exec, a_outputs, a_deps, a_artifacts,
+           a_receipt, a_started, a_finished
+      FROM jsonb_to_recordset(p_items) AS x(
+            job bigint, run uuid, org uuid, step text, attempt integer, execution_id text,
+            status text, outputs jsonb, dependents jsonb, artifacts jsonb, noop boolean,
+            receipt jsonb, started_at timestamptz, finished_at timestamptz)
+     WHERE x.noop IS NOT TRUE AND x.status = 'succeeded'
+       AND x.run = ANY (coalesce(v_active, '{}'));
     v_n := coalesce(array_length(a_job, 1), 0);
     IF v_n > 0 THEN
+        WITH ins AS (
+            INSERT INTO step_attempts (run_id, org_id, step_id, attempt, execution_id, worker,
+                                       status, receipt, started_at, finished_at)
+            SELECT u.run, u.org, u.step, u.attempt, u.exec, p_worker, 'succeeded',
+                   u.receipt, u.started_at, u.finished_at
+              FROM unnest(a_run, a_org, a_step, a_attempt, a_exec, a_receipt, a_started, a_finished)
+                     AS u(run, org, step, attempt, exec, receipt, started_at, finished_at)
+            ON CONFLICT DO NOTHING
+            RETURNING execution_id
+        ) SELECT array_agg(ins.execution_id) INTO v_mine FROM ins;
+        IF coalesce(array_length(v_mine, 1), 0) < v_n THEN
+            -- Some were recorded before (by another worker after a lease expired, or by this
+            -- very batch sent again after a lost reply): go on with what this call recorded.
+            SELECT array_agg(u.job), array_agg(u.run), array_agg(u.org), array_agg(u.step),
+                   array_agg(u.attempt), array_agg(u.exec), array_agg(u.outputs),
+                   array_agg(u.deps), array_agg(u.arts)
+              INTO a_job, a_run, a_org, a_step, a_attempt, a_exec, a_outputs, a_deps, a_artifacts
+              FROM unnest(a_job, a_run, a_org, a_step, a_attempt, a_exec, a_outputs, a_deps, a_artifacts)
+                   AS u(job, run, org, step, attempt, exec, outputs, deps, arts)
+             WHERE u.exec = ANY (coalesce(v_mine, '{}'));
+        END IF;
+        v_n := coalesce(array_length(a_job, 1), 0);
         v_recorded := v_recorded + v_n;
+    END IF;
+    IF v_n > 0 THEN
         DELETE FROM jobs WHERE id = ANY (a_job);
         INSERT INTO artifacts (run_id, org_id, path, step_id, attempt, sha256, size)
         SELECT u.run, u.org, a->>'path', u.step, u.attempt, a->>'sha256', (a->>'size')::bigint
@@ -441,7 +466,7 @@ BEGIN
         v_step := it->>'step';
         v_attempt := (it->>'attempt')::integer;
 
-        SELECT r.org_id, r.state INTO v_org, v_state FROM runs r WHERE r.id = v_run;
+        SELECT r.org_id, r.state INTO v_org, v_state FROM runs r WHERE r.id = v_run;  -- locked above
         IF NOT FOUND THEN
             DELETE FROM jobs WHERE id = (it->>'job')::bigint;
             CONTINUE;
@@ -571,7 +596,18 @@ $$;
 
 -- The once-per-batch functions see arrays of very different sizes from call to call; a plan
 -- cached for one size can be badly wrong for the next, and planning their few statements per
--- call is cheap.
-ALTER FUNCTION operator_claim(uuid, integer, integer, integer) SET plan_cache_mode = force_custom_plan;
-ALTER FUNCTION operator_started(bigint[]) SET plan_cache_mode = force_custom_plan;
-ALTER FUNCTION operator_complete(uuid, jsonb) SET plan_cache_mode = force_custom_plan;
+-- call is cheap. A batch touches a few hundred rows of tables that hold many thousands: the
+-- right plan is always index lookups in nested loops, but a set estimated from a JSON array or
+-- an unnest can make a hash join over a sequential scan of a whole table look cheaper. Those
+-- are ruled out for these functions.
+DO $$
+DECLARE f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['operator_claim(uuid, integer, integer, integer)',
+                             'operator_started(bigint[])', 'operator_complete(uuid, jsonb)'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_custom_plan', f);
+        EXECUTE format('ALTER FUNCTION %s SET enable_seqscan = off', f);
+        EXECUTE format('ALTER FUNCTION %s SET enable_hashjoin = off', f);
+        EXECUTE format('ALTER FUNCTION %s SET enable_mergejoin = off', f);
+    END LOOP;
+END $$;

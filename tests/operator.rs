@@ -582,6 +582,93 @@ async fn a_cron_tick_starts_exactly_one_run_across_schedulers() {
     );
 }
 
+/// Two workers race to record the same attempts (one ran them after the other's lease
+/// expired): in one batch or split across batches, each attempt counts once, its dependents
+/// are released once and the run finishes once.
+#[tokio::test]
+async fn racing_completions_of_one_attempt_count_once() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let t = tenant(&admin, "acme").await;
+    let (id, def) = define(
+        &admin,
+        &t,
+        "fan",
+        "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n  - {id: b, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n  - {id: c, role: builder, processor: 'builtin:echo', inputs: {x: y}, depends_on: [a, b]}\n",
+    )
+    .await;
+    let runs = [
+        start(&admin, &t, (id, &def), json!({}), Mode::Mock).await,
+        start(&admin, &t, (id, &def), json!({}), Mode::Mock).await,
+    ];
+    let pool = store::operator_pool(&app.db.app_url, 4).expect("pool");
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let item = |c: &store::StepContext| {
+        json!({
+            "job": c.job_id, "run": c.run_id, "org": c.org_id, "step": c.step_id,
+            "attempt": c.attempt, "execution_id": Uuid::now_v7().to_string(),
+            "status": "succeeded", "outputs": {}, "receipt": {}, "artifacts": [],
+            "started_at": chrono::Utc::now(), "finished_at": chrono::Utc::now(),
+            "dependents": if c.step_id == "c" { json!([]) } else { json!(["c"]) },
+        })
+    };
+    // Both runs' first steps (a and b), claimed once and "run" by two workers.
+    let (claimed, _) = store::claim(&pool, first, 16, Duration::from_secs(30), 16)
+        .await
+        .expect("claim");
+    let ids: Vec<i64> = claimed.iter().map(|c| c.job_id).collect();
+    let contexts = store::started(&pool, &ids).await.expect("started");
+    assert_eq!(contexts.len(), 4);
+    let mine: Vec<Value> = contexts.iter().map(item).collect();
+    let theirs: Vec<Value> = contexts.iter().map(item).collect();
+    // The other worker records one attempt first; then both send everything at once.
+    let one = store::complete(&pool, second, &json!([theirs[0]]))
+        .await
+        .expect("complete");
+    let (mine, rest) = (Value::Array(mine), Value::Array(theirs[1..].to_vec()));
+    let (a, b) = tokio::join!(
+        store::complete(&pool, first, &mine),
+        store::complete(&pool, second, &rest),
+    );
+    assert_eq!(one + a.expect("complete") + b.expect("complete"), 4);
+    let again = store::complete(&pool, first, &mine)
+        .await
+        .expect("complete");
+    assert_eq!(again, 0, "nothing left to record");
+
+    // Each run's c was released exactly once; record it and the runs finish once.
+    let (claimed, _) = store::claim(&pool, first, 16, Duration::from_secs(30), 16)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2, "one job per run for c: {claimed:?}");
+    let ids: Vec<i64> = claimed.iter().map(|c| c.job_id).collect();
+    let contexts = store::started(&pool, &ids).await.expect("started");
+    let items = Value::Array(contexts.iter().map(item).collect());
+    let (a, b) = tokio::join!(
+        store::complete(&pool, first, &items),
+        store::complete(&pool, second, &items),
+    );
+    assert_eq!(a.expect("complete") + b.expect("complete"), 2);
+    for run in runs {
+        assert_eq!(state(&admin, run).await, "succeeded");
+        let (attempts, done, finished): (i64, i32, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM step_attempts WHERE run_id = $1), \
+                    (SELECT steps_done FROM runs WHERE id = $1), \
+                    (SELECT count(*) FROM run_events WHERE run_id = $1 AND kind = 'run.succeeded')",
+        )
+        .bind(run)
+        .fetch_one(&admin)
+        .await
+        .expect("counts");
+        assert_eq!((attempts, done, finished), (3, 3, 1));
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&admin)
+        .await
+        .expect("jobs");
+    assert_eq!(left, 0);
+}
+
 fn operator_process(app: &TestApp, lease_seconds: u32) -> OperatorProcess {
     OperatorProcess::spawn(
         BIN,

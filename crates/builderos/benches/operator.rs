@@ -323,6 +323,19 @@ async fn pipelines(
         for (name, calls, total, own) in rows {
             println!("    {name:<20} calls {calls:>7}  total {total:>9.1} ms  self {own:>9.1} ms");
         }
+        // ... and how it read the tables (a sequential scan on the hot path is a bad plan).
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT relname::text, seq_scan, seq_tup_read, coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+              WHERE relname IN ('runs', 'run_steps', 'jobs', 'step_attempts', 'artifacts', 'run_events') ORDER BY relname",
+        )
+        .fetch_all(&world.admin)
+        .await
+        .expect("table stats");
+        for (name, seq, seq_rows, idx) in rows {
+            println!(
+                "    {name:<20} seq scans {seq:>7} ({seq_rows:>10} rows)  index scans {idx:>9}"
+            );
+        }
     }
     let tally: Tally = sqlx::query_as(
         "SELECT (SELECT count(*) FROM runs) AS runs, \

@@ -564,6 +564,7 @@ async fn execute(
             json!({
                 "job": ctx.job_id,
                 "run": ctx.run_id,
+                "org": ctx.org_id,
                 "step": ctx.step_id,
                 "attempt": ctx.attempt,
                 "execution_id": execution_id,
@@ -627,6 +628,7 @@ fn failed_item(
     json!({
         "job": ctx.job_id,
         "run": ctx.run_id,
+        "org": ctx.org_id,
         "step": ctx.step_id,
         "attempt": ctx.attempt,
         "execution_id": execution_id,
