@@ -293,16 +293,11 @@ async fn dispatch(
         return;
     }
     let ids: Vec<i64> = steps.iter().map(|(j, _)| j.job_id).collect();
-    let contexts = loop {
-        match store::started(&inner.pool, &ids).await {
-            Ok(c) => break c,
-            Err(e) => {
-                // Keep the claim: the leases protect the jobs while the database is away.
-                tracing::warn!(error = %e, "marking steps started failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    // The claim is kept meanwhile: the leases protect the jobs while the database is away.
+    let contexts = until_ok("marking steps started", || {
+        store::started(&inner.pool, &ids)
+    })
+    .await;
     let mut by_job: HashMap<i64, StepContext> =
         contexts.into_iter().map(|c| (c.job_id, c)).collect();
     let missing: Vec<Uuid> = {
@@ -317,16 +312,10 @@ async fn dispatch(
         runs
     };
     if !missing.is_empty() {
-        let rows = loop {
-            match store::snapshots(&inner.pool, &missing).await {
-                Ok(rows) => break rows,
-                Err(e) => {
-                    // As above: the leases hold the jobs while the database is away.
-                    tracing::warn!(error = %e, "loading run snapshots failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
+        let rows = until_ok("loading run snapshots", || {
+            store::snapshots(&inner.pool, &missing)
+        })
+        .await;
         let mut cache = lock(&inner.snapshots);
         if cache.len() > 10_000 {
             cache.clear();
@@ -372,6 +361,24 @@ async fn dispatch(
                 _permit: permit,
             });
         });
+    }
+}
+
+/// Retries a database call every 200 ms until it succeeds (while the jobs it is for are held
+/// under their leases).
+async fn until_ok<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }
 
