@@ -265,7 +265,39 @@ async fn queue(world: &World, orgs: &[Uuid], n: u64, operators: usize) -> f64 {
     for op in ops {
         op.stop();
     }
+    profile(&world.admin).await;
     rate
+}
+
+/// With `BENCH_PROFILE` set: where PostgreSQL spent its time since the last call (functions,
+/// and how the tables were read: a sequential scan on the hot path is a bad plan).
+async fn profile(admin: &PgPool) {
+    if std::env::var("BENCH_PROFILE").is_err() {
+        return;
+    }
+    let rows: Vec<(String, i64, f64, f64)> = sqlx::query_as(
+        "SELECT funcname::text, calls, total_time, self_time FROM pg_stat_user_functions ORDER BY total_time DESC",
+    )
+    .fetch_all(admin)
+    .await
+    .expect("function stats");
+    for (name, calls, total, own) in rows {
+        println!("    {name:<20} calls {calls:>7}  total {total:>9.1} ms  self {own:>9.1} ms");
+    }
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, seq_scan, seq_tup_read, coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+          WHERE relname IN ('runs', 'run_steps', 'jobs', 'step_attempts', 'artifacts', 'run_events') ORDER BY relname",
+    )
+    .fetch_all(admin)
+    .await
+    .expect("table stats");
+    for (name, seq, seq_rows, idx) in rows {
+        println!("    {name:<20} seq scans {seq:>7} ({seq_rows:>10} rows)  index scans {idx:>9}");
+    }
+    sqlx::query("SELECT pg_stat_reset()")
+        .execute(admin)
+        .await
+        .expect("reset");
 }
 
 #[derive(sqlx::FromRow)]
@@ -312,31 +344,7 @@ async fn pipelines(
     let rate = steps as f64 / started.elapsed().as_secs_f64();
     peak = peak.max(op.peak_mib());
     op.stop();
-    if std::env::var("BENCH_PROFILE").is_ok() {
-        // Where PostgreSQL spent its time (track_functions is set on the database below).
-        let rows: Vec<(String, i64, f64, f64)> = sqlx::query_as(
-            "SELECT funcname::text, calls, total_time, self_time FROM pg_stat_user_functions ORDER BY total_time DESC",
-        )
-        .fetch_all(&world.admin)
-        .await
-        .expect("function stats");
-        for (name, calls, total, own) in rows {
-            println!("    {name:<20} calls {calls:>7}  total {total:>9.1} ms  self {own:>9.1} ms");
-        }
-        // ... and how it read the tables (a sequential scan on the hot path is a bad plan).
-        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT relname::text, seq_scan, seq_tup_read, coalesce(idx_scan, 0) FROM pg_stat_user_tables \
-              WHERE relname IN ('runs', 'run_steps', 'jobs', 'step_attempts', 'artifacts', 'run_events') ORDER BY relname",
-        )
-        .fetch_all(&world.admin)
-        .await
-        .expect("table stats");
-        for (name, seq, seq_rows, idx) in rows {
-            println!(
-                "    {name:<20} seq scans {seq:>7} ({seq_rows:>10} rows)  index scans {idx:>9}"
-            );
-        }
-    }
+    profile(&world.admin).await;
     let tally: Tally = sqlx::query_as(
         "SELECT (SELECT count(*) FROM runs) AS runs, \
                 (SELECT count(*) FROM runs WHERE state = 'succeeded') AS succeeded, \

@@ -446,7 +446,11 @@ fn prepare_and_spawn(options: &ClusterOptions) -> Result<Cluster, PgError> {
         .args([
             "-c",
             &format!("max_connections={}", options.max_connections),
-        ]);
+        ])
+        // The job queue turns its rows over fast: every claimed job leaves index entries that
+        // claims must step over until a vacuum removes them. Look for work every few seconds
+        // instead of every minute (see docs/operations.md).
+        .args(["-c", "autovacuum_naptime=2s"]);
     if !options.durable {
         command.args([
             "-c",
