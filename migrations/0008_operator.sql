@@ -134,10 +134,10 @@ CREATE INDEX jobs_ready_idx ON jobs (org_id, run_at, id) WHERE state = 'queued';
 CREATE INDEX jobs_running_idx ON jobs (org_id) WHERE state = 'running';
 CREATE INDEX jobs_lease_idx ON jobs (lease_until) WHERE state = 'running';
 CREATE INDEX jobs_run_idx ON jobs (run_id);
--- Vacuumed early and at full speed: it holds few live rows, but every claim and completion
--- leaves dead ones (and index entries) that claims would otherwise step over.
+-- Vacuumed early: it holds few live rows, but every claim and completion leaves dead ones (and
+-- index entries) that claims would otherwise step over.
 ALTER TABLE jobs SET (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01,
-                      autovacuum_vacuum_cost_limit = 2000, autovacuum_vacuum_cost_delay = 0);
+                      autovacuum_vacuum_cost_limit = 2000);
 
 -- Idle workers wake on this; one notification per inserting statement.
 CREATE FUNCTION jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
