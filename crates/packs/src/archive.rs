@@ -37,6 +37,15 @@ pub struct Entry {
     pub data_offset: u64,
 }
 
+impl Entry {
+    /// Where its data ends (known once its local header is checked): where the next entry,
+    /// or the central directory, must start.
+    #[must_use]
+    pub fn data_end(&self) -> u64 {
+        self.data_offset + self.compressed
+    }
+}
+
 /// The central directory: entries in directory order, and where the directory starts.
 #[derive(Debug, Clone)]
 pub struct Central {
@@ -355,8 +364,23 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
 /// # Errors
 /// `ERR_PACK_HEADER_MISMATCH` or `ERR_PACK_ZIP64`.
 pub fn check_local<R: Read + Seek>(r: &mut R, entry: &mut Entry) -> Result<(), PackError> {
+    seek_to(r, entry.local_offset)?;
+    check_local_here(r, entry)
+}
+
+/// [`check_local`] on a reader already at the entry's local header (a forward-only pass).
+///
+/// # Errors
+/// As [`check_local`].
+pub fn check_local_here<R: Read>(r: &mut R, entry: &mut Entry) -> Result<(), PackError> {
     let shown = entry.name.escape_debug();
-    let local = read_exact_at(r, entry.local_offset, 30)?;
+    let mut local = [0u8; 30];
+    r.read_exact(&mut local).map_err(|_| {
+        mismatch(format!(
+            "truncated structure at offset {}",
+            entry.local_offset
+        ))
+    })?;
     if u32_at(&local, 0) != LOCAL_SIG {
         return Err(mismatch(format!(
             "`{shown}`: no local header where the directory points"
@@ -394,11 +418,12 @@ pub fn check_local<R: Read + Seek>(r: &mut R, entry: &mut Entry) -> Result<(), P
 }
 
 /// Checks that an entry starts exactly where the previous one ended (`expected`): no gaps
-/// (hidden or prepended data) and no overlaps. Returns where the next must start.
+/// (hidden or prepended data) and no overlaps. Checked before its local header is read, so a
+/// forward-only pass never has to move back.
 ///
 /// # Errors
 /// `ERR_PACK_OVERLAPPING_ENTRIES`, `ERR_PACK_PREPENDED_DATA` or `ERR_PACK_TRAILING_DATA`.
-pub fn check_tiling(entry: &Entry, expected: u64) -> Result<u64, PackError> {
+pub fn check_tiling(entry: &Entry, expected: u64) -> Result<(), PackError> {
     if entry.local_offset < expected {
         return Err(PackError::OverlappingEntries(format!(
             "`{}` overlaps the entry before it",
@@ -418,7 +443,7 @@ pub fn check_tiling(entry: &Entry, expected: u64) -> Result<u64, PackError> {
             ))
         });
     }
-    Ok(entry.data_offset + entry.compressed)
+    Ok(())
 }
 
 /// Checks that the last entry ends exactly where the central directory starts.
@@ -451,8 +476,9 @@ pub fn read_entries<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Vec<En
     order.sort_by_key(|&i| entries[i].local_offset);
     let mut expected = 0;
     for i in order {
+        check_tiling(&entries[i], expected)?;
         check_local(r, &mut entries[i])?;
-        expected = check_tiling(&entries[i], expected)?;
+        expected = entries[i].data_end();
     }
     check_end(expected, cd_offset)?;
     Ok(entries)

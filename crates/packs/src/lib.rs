@@ -13,6 +13,7 @@
 //! - [`manifest`]: `pack.json` and the kind schemas.
 //! - [`sign`]: key ids, the signed message, `pack.sig`, key files.
 //! - [`verify`]: the whole verification, streaming.
+//! - `readahead`: reading large archives ahead on a second thread.
 //! - [`unpack`]: writing a verified pack into a fresh directory.
 //! - [`build`]: deterministic build and signing.
 //! - `cli` (feature `cli`): `builderos pack …`.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod limits;
 pub mod manifest;
 pub mod paths;
+mod readahead;
 pub mod sign;
 pub mod unpack;
 pub mod verify;

@@ -11,6 +11,7 @@ use crate::archive::{self, Entry};
 use crate::error::PackError;
 use crate::limits::{Limits, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES};
 use crate::manifest::Manifest;
+use crate::readahead;
 use crate::sign::{self, TrustedKey};
 
 /// How to verify.
@@ -21,6 +22,9 @@ pub struct VerifyOptions {
     /// Keys revoked at or before this instant are refused (default: now; a server re-checking
     /// an already published pack passes its upload time).
     pub at: DateTime<Utc>,
+    /// Archives at least this large are read ahead by a second thread while the first hashes
+    /// (default 1 MiB; `u64::MAX`: never).
+    pub read_ahead_from: u64,
 }
 
 impl Default for VerifyOptions {
@@ -28,6 +32,7 @@ impl Default for VerifyOptions {
         Self {
             limits: Limits::default(),
             at: Utc::now(),
+            read_ahead_from: 1 << 20,
         }
     }
 }
@@ -227,57 +232,129 @@ pub fn stream_entry<R: Read + Seek>(
     Ok((hex::encode(sha), size))
 }
 
-/// A reader that knows its position, so that asking for it (before every entry) costs no
-/// system call.
-struct Tracked<R> {
-    inner: R,
+/// The forward pass's view of the archive: bytes in order from offset 0, and where it is.
+struct Forward<'a> {
+    src: &'a mut dyn BufRead,
     pos: u64,
 }
 
-impl<R: Seek> Tracked<R> {
-    fn new(mut inner: R) -> std::io::Result<Self> {
-        let pos = inner.stream_position()?;
-        Ok(Self { inner, pos })
+impl Forward<'_> {
+    /// Moves forward to `target` (past the unused tail of a deflate stream that ended early).
+    fn skip_to(&mut self, target: u64) -> Result<(), PackError> {
+        while self.pos < target {
+            let available = self.src.fill_buf()?.len();
+            if available == 0 {
+                return Err(PackError::HeaderMismatch(format!(
+                    "the archive ends before offset {target}"
+                )));
+            }
+            let n = usize::try_from(target - self.pos).map_or(available, |m| m.min(available));
+            self.consume(n);
+        }
+        Ok(())
     }
 }
 
-impl<R: Read> Read for Tracked<R> {
+impl Read for Forward<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.pos += n as u64;
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
 
-impl<R: Seek> Seek for Tracked<R> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        self.pos = self.inner.seek(to)?;
-        Ok(self.pos)
+impl BufRead for Forward<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.src.fill_buf()
     }
 
-    fn stream_position(&mut self) -> std::io::Result<u64> {
-        Ok(self.pos)
+    fn consume(&mut self, amt: usize) {
+        self.src.consume(amt);
+        self.pos += amt as u64;
     }
 }
 
 /// Reads a pack file whole (within `limit`), with its SHA-256.
-fn read_small<B: BufRead + Seek>(
-    r: &mut B,
+fn read_small(
+    r: &mut Forward<'_>,
     streamer: &mut Streamer,
     entry: &Entry,
     limit: u64,
 ) -> Result<(Vec<u8>, [u8; 32]), PackError> {
     let mut out = Vec::with_capacity(usize::try_from(entry.size.min(limit)).unwrap_or(0));
-    archive::seek_to(r, entry.data_offset)?;
     let (sha, _) = streamer.stream(r, entry, limit, &mut out)?;
     Ok((out, sha))
+}
+
+/// What the forward pass keeps: the two pack files and every other entry's SHA-256 and size.
+struct Pass {
+    manifest: Option<(Vec<u8>, [u8; 32])>,
+    signature: Option<(Vec<u8>, [u8; 32])>,
+    hashes: Vec<Option<([u8; 32], u64)>>,
+}
+
+/// One forward pass over the archive from offset 0: each entry must start where the previous
+/// one ended, its local header is checked where it stands, the two pack files are kept and
+/// every other entry is hashed. Nothing is interpreted here: the signature is checked after.
+fn forward_pass(
+    src: &mut dyn BufRead,
+    entries: &mut [Entry],
+    cd_offset: u64,
+    limits: &Limits,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Pass, PackError> {
+    let mut r = Forward { src, pos: 0 };
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| entries[i].local_offset);
+    let mut pass = Pass {
+        manifest: None,
+        signature: None,
+        hashes: vec![None; entries.len()],
+    };
+    let mut streamer = Streamer::default();
+    let mut done = 0u64;
+    for i in order {
+        archive::check_tiling(&entries[i], r.pos)?;
+        archive::check_local_here(&mut r, &mut entries[i])?;
+        let entry = &entries[i];
+        match entry.name.as_str() {
+            "pack.json" => {
+                pass.manifest = Some(read_small(
+                    &mut r,
+                    &mut streamer,
+                    entry,
+                    MAX_MANIFEST_BYTES,
+                )?);
+            }
+            "pack.sig" => {
+                pass.signature = Some(read_small(
+                    &mut r,
+                    &mut streamer,
+                    entry,
+                    MAX_SIGNATURE_BYTES,
+                )?);
+            }
+            _ => {
+                let (sha, size) =
+                    streamer.stream(&mut r, entry, limits.max_entry, &mut std::io::sink())?;
+                done += size;
+                progress(done);
+                pass.hashes[i] = Some((sha, size));
+            }
+        }
+        r.skip_to(entry.data_end())?;
+    }
+    archive::check_end(r.pos, cd_offset)?;
+    Ok(pass)
 }
 
 /// Verifies a pack against `keys`.
 ///
 /// # Errors
 /// The [`PackError`] of the first failed check.
-pub fn verify<R: Read + Seek>(
+pub fn verify<R: Read + Seek + Send>(
     reader: &mut R,
     keys: &[TrustedKey],
     options: &VerifyOptions,
@@ -289,65 +366,33 @@ pub fn verify<R: Read + Seek>(
 ///
 /// # Errors
 /// As [`verify`].
-pub fn verify_with_progress<R: Read + Seek>(
+pub fn verify_with_progress<R: Read + Seek + Send>(
     reader: &mut R,
     keys: &[TrustedKey],
     options: &VerifyOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifiedPack, PackError> {
     let limits = &options.limits;
-    let mut reader = BufReader::with_capacity(READ_BUF, Tracked::new(reader)?);
-    let reader = &mut reader;
-    // One forward pass over the archive: each local header is checked where it stands, the
-    // entries must tile the file, the two pack files are kept, every other entry is hashed.
-    // Nothing is interpreted before the signature is checked below.
     let archive::Central {
         mut entries,
         cd_offset,
     } = archive::read_central(reader, limits)?;
-    let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by_key(|&i| entries[i].local_offset);
-    let mut expected = 0;
-    let (mut manifest_bytes, mut sig_bytes) = (None, None);
-    let mut hashes: Vec<Option<([u8; 32], u64)>> = vec![None; entries.len()];
-    let mut streamer = Streamer::default();
-    let mut done = 0u64;
-    for i in order {
-        archive::check_local(reader, &mut entries[i])?;
-        expected = archive::check_tiling(&entries[i], expected)?;
-        let entry = &entries[i];
-        match entry.name.as_str() {
-            "pack.json" => {
-                manifest_bytes = Some(read_small(
-                    reader,
-                    &mut streamer,
-                    entry,
-                    MAX_MANIFEST_BYTES,
-                )?);
-            }
-            "pack.sig" => {
-                sig_bytes = Some(read_small(
-                    reader,
-                    &mut streamer,
-                    entry,
-                    MAX_SIGNATURE_BYTES,
-                )?);
-            }
-            _ => {
-                archive::seek_to(reader, entry.data_offset)?;
-                let (sha, size) =
-                    streamer.stream(reader, entry, limits.max_entry, &mut std::io::sink())?;
-                done += size;
-                progress(done);
-                hashes[i] = Some((sha, size));
-            }
-        }
-    }
-    archive::check_end(expected, cd_offset)?;
-    let (manifest_bytes, manifest_sha) =
-        manifest_bytes.ok_or_else(|| PackError::ManifestMissing("no pack.json".into()))?;
-    let (sig_bytes, _) =
-        sig_bytes.ok_or_else(|| PackError::SignatureMissing("no pack.sig".into()))?;
+    reader.seek(SeekFrom::Start(0))?;
+    let pass = if cd_offset >= options.read_ahead_from {
+        readahead::with_read_ahead(reader, |src| {
+            forward_pass(src, &mut entries, cd_offset, limits, progress)
+        })
+    } else {
+        let mut src = BufReader::with_capacity(READ_BUF, &mut *reader);
+        forward_pass(&mut src, &mut entries, cd_offset, limits, progress)
+    }?;
+    let hashes = pass.hashes;
+    let (manifest_bytes, manifest_sha) = pass
+        .manifest
+        .ok_or_else(|| PackError::ManifestMissing("no pack.json".into()))?;
+    let (sig_bytes, _) = pass
+        .signature
+        .ok_or_else(|| PackError::SignatureMissing("no pack.sig".into()))?;
     let manifest = Manifest::parse(&manifest_bytes)?;
     let key = sign::verify_digest(&sig_bytes, &manifest_sha, keys, options.at)?;
     if let Some(publisher) = &key.publisher

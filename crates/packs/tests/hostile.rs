@@ -14,12 +14,23 @@ fn code(bytes: &[u8]) -> &'static str {
     code_with(bytes, &VerifyOptions::default())
 }
 
+/// Every case goes through both ways of reading an archive (with and without the read-ahead
+/// thread), which must agree.
 fn code_with(bytes: &[u8], options: &VerifyOptions) -> &'static str {
     let k = key(1);
-    match verify(&mut Cursor::new(bytes), &[trusted(&k)], options) {
-        Ok(_) => "OK",
-        Err(e) => e.code(),
-    }
+    let run = |read_ahead_from| {
+        let options = VerifyOptions {
+            read_ahead_from,
+            ..options.clone()
+        };
+        match verify(&mut Cursor::new(bytes), &[trusted(&k)], &options) {
+            Ok(_) => "OK",
+            Err(e) => e.code(),
+        }
+    };
+    let (direct, ahead) = (run(u64::MAX), run(0));
+    assert_eq!(direct, ahead, "the read-ahead pass disagrees");
+    direct
 }
 
 /// The baseline is valid, so every rejection below is caused by its one change.

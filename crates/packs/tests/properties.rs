@@ -38,7 +38,12 @@ proptest! {
             }
             if bytes.is_empty() { break; }
         }
-        if let Ok(pack) = verify(&mut Cursor::new(&bytes), &keys, &VerifyOptions::default()) {
+        let ahead = VerifyOptions { read_ahead_from: 0, ..VerifyOptions::default() };
+        let other = verify(&mut Cursor::new(&bytes), &keys, &ahead).map_err(|e| e.code());
+        let result = verify(&mut Cursor::new(&bytes), &keys, &VerifyOptions::default());
+        // Read ahead by a second thread or not, the outcome is the same.
+        prop_assert_eq!(result.as_ref().map(|p| &p.manifest_bytes).map_err(|e| e.code()), other.as_ref().map(|p| &p.manifest_bytes).map_err(|c| *c));
+        if let Ok(pack) = result {
             prop_assert_eq!(pack.manifest_bytes, good.manifest_bytes);
             prop_assert_eq!(pack.manifest.files, good.manifest.files);
         }
