@@ -104,4 +104,20 @@ fn walkthrough_for_every_kind() {
     std::fs::write(d.join("garbage.zip"), b"PK\x03\x04 definitely not a zip").expect("write");
     let (ok, _, err) = pack(d, &["verify", "garbage.zip", "--key", "acme.pub"]);
     assert!(!ok && err.contains("ERR_PACK_"), "{err}");
+    // A skeleton that could not build is refused up front, and nothing is created.
+    for args in [
+        &["init", "Bad_Name", "--kind", "desk"][..],
+        &[
+            "init",
+            "ok-name",
+            "--kind",
+            "desk",
+            "--publisher",
+            "ACME Corp",
+        ][..],
+    ] {
+        let (ok, _, err) = pack(d, args);
+        assert!(!ok && err.contains("ERR_PACK_MANIFEST_INVALID"), "{err}");
+        assert!(!d.join(args[1]).exists());
+    }
 }

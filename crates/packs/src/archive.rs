@@ -133,12 +133,9 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
             )),
         };
     }
-    if eocd_positions.len() > 1 {
-        return Err(PackError::MultipleEocd(format!(
-            "{} end-of-central-directory records",
-            eocd_positions.len()
-        )));
-    }
+    // Other end-record signatures before it are only records if they lie outside the entries
+    // and the directory (checked below, once the directory's place is known): inside an
+    // entry's data they are content, e.g. a stored nested zip.
     let eocd = &tail[last..];
     if last >= 20 && u32_at(&tail, last - 20) == ZIP64_LOCATOR_SIG {
         return Err(PackError::Zip64(
@@ -178,16 +175,24 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
             // a valid archive (a polyglot or self-extracting stub).
             let shifted = eocd_offset - cd_size;
             let probe = read_exact_at(r, shifted, 4)?;
-            return Err(if u32_at(&probe, 0) == CENTRAL_SIG {
-                PackError::PrependedData(format!(
+            if u32_at(&probe, 0) == CENTRAL_SIG {
+                return Err(PackError::PrependedData(format!(
                     "{} bytes before the archive",
                     shifted - cd_offset
-                ))
-            } else {
-                PackError::TrailingData(
-                    "bytes between the central directory and its end record".into(),
-                )
-            });
+                )));
+            }
+            // Between the directory and the end record: another end record, or other bytes.
+            let tail_start = len - tail_len;
+            let gap_start = usize::try_from((cd_offset + cd_size).saturating_sub(tail_start))
+                .unwrap_or(usize::MAX);
+            if eocd_positions.iter().any(|&p| p >= gap_start && p < last) {
+                return Err(PackError::MultipleEocd(
+                    "more than one end-of-central-directory record".into(),
+                ));
+            }
+            return Err(PackError::TrailingData(
+                "bytes between the central directory and its end record".into(),
+            ));
         }
         std::cmp::Ordering::Greater => {
             return Err(mismatch("the central directory overruns its end record"));
@@ -241,6 +246,12 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
             || has_zip64_extra(extra)
         {
             return Err(PackError::Zip64(format!("`{shown}` uses ZIP64 fields")));
+        }
+        if !extra.is_empty() {
+            return Err(PackError::ExtraField(format!(
+                "`{shown}` has a {}-byte extra field in the central directory",
+                extra.len()
+            )));
         }
         if flags & 0x0001 != 0 || flags & 0x0040 != 0 {
             return Err(PackError::Encrypted(format!("`{shown}` is encrypted")));
@@ -334,6 +345,23 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
     if pos != cd.len() {
         return Err(mismatch("bytes left over in the central directory"));
     }
+    // A name that is also another name's directory (`x` and `x/y`, in any case) can't be
+    // unpacked. The first such entry in directory order is reported.
+    let conflict = names
+        .iter()
+        .filter_map(|(key, &child)| {
+            key.match_indices('/')
+                .find_map(|(i, _)| names.get(&key[..i]))
+                .map(|&file| (child, file))
+        })
+        .min();
+    if let Some((child, file)) = conflict {
+        return Err(PackError::NameCollision(format!(
+            "`{}` is a file and also the directory of `{}`",
+            entries[file].name.escape_debug(),
+            entries[child].name.escape_debug()
+        )));
+    }
     // Overlaps are visible from the directory alone: an entry needs at least its header,
     // name and data before the next one starts.
     let mut by_offset: Vec<&Entry> = entries.iter().collect();
@@ -411,6 +439,11 @@ pub fn check_local_here<R: Read>(r: &mut R, entry: &mut Entry) -> Result<(), Pac
     }
     if has_zip64_extra(&rest[name_len..]) {
         return Err(PackError::Zip64(format!("`{shown}` uses ZIP64 fields")));
+    }
+    if extra_len != 0 {
+        return Err(PackError::ExtraField(format!(
+            "`{shown}` has a {extra_len}-byte extra field in its local header"
+        )));
     }
     entry.data_offset =
         entry.local_offset + 30 + u64::try_from(name_len + extra_len).unwrap_or(u64::MAX);

@@ -65,6 +65,11 @@ fn zip_err(e: zip::result::ZipError) -> PackError {
 fn collect(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), PackError> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
+        // Hidden files and directories (`.git`, `.env`, editor state) are never packed: a
+        // secret next to the sources must not ship by accident.
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
         let path = entry.path();
         let kind = entry.file_type()?;
         let rel = path

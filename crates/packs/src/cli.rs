@@ -378,6 +378,16 @@ fn write_file(path: &Path, text: &str) -> Result<(), PackError> {
 }
 
 fn init(dir: &Path, kind: KindArg, name: &str, publisher: &str) -> Result<(), PackError> {
+    // The skeleton must build: refuse what its manifest would be refused for.
+    for (what, value) in [("name", name), ("publisher", publisher)] {
+        if !crate::manifest::is_slug(value) {
+            return Err(PackError::ManifestInvalid(format!(
+                "the {what} `{}` is not a lowercase slug (a-z, 0-9 and inner `-`, 1-64 characters){}",
+                value.escape_debug(),
+                if what == "name" { "; pass --name" } else { "" }
+            )));
+        }
+    }
     if dir.exists() {
         return Err(PackError::Io(format!("{} already exists", dir.display())));
     }

@@ -54,6 +54,8 @@ pack_errors! {
     Comment => "ERR_PACK_ARCHIVE_COMMENT",
     /// ZIP64 records or 0xFFFFFFFF size fields (packs are smaller than 4 GiB).
     Zip64 => "ERR_PACK_ZIP64",
+    /// An extra field in a local or central header (unsigned bytes, or a second name such as Info-ZIP's Unicode path that other readers would use).
+    ExtraField => "ERR_PACK_EXTRA_FIELD",
     /// A local header disagrees with the central directory, or the structure is malformed.
     HeaderMismatch => "ERR_PACK_HEADER_MISMATCH",
     /// Two entries' data overlap.

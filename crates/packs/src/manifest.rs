@@ -148,7 +148,9 @@ fn invalid(msg: impl Into<String>) -> PackError {
     PackError::ManifestInvalid(msg.into())
 }
 
-fn is_slug(s: &str) -> bool {
+/// A lowercase slug: `a-z`, `0-9` and inner `-`, 1–64 characters (names and publishers).
+#[must_use]
+pub fn is_slug(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

@@ -86,7 +86,9 @@ impl TrustedKey {
         if public.is_weak() {
             return Err(PackError::WeakKey("the public key has small order".into()));
         }
-        if public.to_bytes() != *bytes {
+        // Decoding reduces a y coordinate at or above the field prime (and accepts a sign bit
+        // on x = 0); re-encoding the point shows whether these were its canonical bytes.
+        if public.to_edwards().compress().to_bytes() != *bytes {
             return Err(PackError::WeakKey(
                 "the public key is not canonically encoded".into(),
             ));
@@ -137,6 +139,12 @@ pub fn verify_digest<'k>(
 ) -> Result<&'k TrustedKey, PackError> {
     let file: SignatureFile = serde_json::from_slice(sig_bytes)
         .map_err(|e| PackError::SignatureMissing(format!("pack.sig: {e}")))?;
+    // One byte form, like the manifest's: a signed pack's bytes are fixed by its content.
+    if builderos_canon::to_canonical_bytes(&file).ok().as_deref() != Some(sig_bytes) {
+        return Err(PackError::BadSignature(
+            "pack.sig is not canonical JSON".into(),
+        ));
+    }
     if file.alg != "ed25519" {
         return Err(PackError::SignatureMissing(format!(
             "pack.sig: algorithm `{}` is not ed25519",
@@ -185,7 +193,14 @@ pub fn generate() -> Result<SigningKey, PackError> {
 /// # Errors
 /// Encoding failures.
 pub fn secret_pem(key: &SigningKey) -> Result<String, PackError> {
-    Ok(key
+    // PKCS#8 v1 (RFC 8410: the seed alone), which every tool reads (OpenSSL 3.0 does not
+    // read the v2 form that also carries the public key); the public key is derived again
+    // on reading.
+    let seed_only = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    Ok(seed_only
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| PackError::Io(e.to_string()))?
         .to_string())

@@ -199,9 +199,19 @@ impl Streamer {
             remaining -= consumed as u64;
             check.feed(&out[..produced], sink)?;
             match status {
+                // The stream must fill the entry exactly: bytes after its end would be data
+                // no manifest hash covers.
+                flate2::Status::StreamEnd if remaining > 0 => {
+                    return Err(corrupt(
+                        entry,
+                        format!("{remaining} bytes follow the end of the deflate stream"),
+                    ));
+                }
                 flate2::Status::StreamEnd => break,
-                // The input ran out before the stream ended: the size check reports it.
-                _ if eof && produced == 0 => break,
+                // The input ran out before the stream ended.
+                _ if eof && produced == 0 => {
+                    return Err(corrupt(entry, "the deflate stream does not end"));
+                }
                 _ if !eof && consumed == 0 && produced == 0 => {
                     return Err(corrupt(entry, "corrupt deflate stream: no progress"));
                 }

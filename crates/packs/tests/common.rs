@@ -23,6 +23,7 @@ pub struct Raw {
     pub local_name: Option<Vec<u8>>,
     pub local_crc: Option<u32>,
     pub extra: Vec<u8>,
+    pub local_extra: Option<Vec<u8>>,
     pub comment: Vec<u8>,
 }
 
@@ -40,8 +41,16 @@ impl Raw {
             local_name: None,
             local_crc: None,
             extra: Vec::new(),
+            local_extra: None,
             comment: Vec::new(),
         }
+    }
+
+    /// Builds `plain` deflated and then changes the compressed bytes.
+    pub fn deflated_then(name: &str, plain: &[u8], change: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut r = Self::deflated(name, plain);
+        change(&mut r.data);
+        r
     }
 
     pub fn deflated(name: &str, plain: &[u8]) -> Self {
@@ -77,9 +86,10 @@ pub fn zip(entries: &[Raw], offsets_override: Option<Vec<u32>>, archive_comment:
         out.extend_from_slice(&u32::try_from(e.data.len()).unwrap().to_le_bytes());
         out.extend_from_slice(&size.to_le_bytes());
         out.extend_from_slice(&u16::try_from(name.len()).unwrap().to_le_bytes());
-        out.extend_from_slice(&u16::try_from(e.extra.len()).unwrap().to_le_bytes());
+        let extra = e.local_extra.as_ref().unwrap_or(&e.extra);
+        out.extend_from_slice(&u16::try_from(extra.len()).unwrap().to_le_bytes());
         out.extend_from_slice(&name);
-        out.extend_from_slice(&e.extra);
+        out.extend_from_slice(extra);
         out.extend_from_slice(&e.data);
     }
     let offsets = offsets_override.unwrap_or(offsets);

@@ -113,6 +113,19 @@ fn build_refuses_links() {
     assert_eq!(err.code(), "ERR_PACK_SYMLINK");
 }
 
+/// Hidden files and directories next to the sources (`.env`, `.git/`) are never packed.
+#[test]
+fn build_skips_hidden_files() {
+    let src = tempfile::tempdir().unwrap();
+    source(src.path(), "desk");
+    let clean = build_signed(src.path());
+    std::fs::write(src.path().join(".env"), "API_KEY=secret").unwrap();
+    std::fs::create_dir_all(src.path().join(".git")).unwrap();
+    std::fs::write(src.path().join(".git/config"), "[core]").unwrap();
+    std::fs::write(src.path().join("templates/.notes.swp"), "x").unwrap();
+    assert_eq!(build_signed(src.path()), clean);
+}
+
 /// An unpack whose bytes changed since verification writes nothing.
 #[test]
 fn unpack_rechecks_and_leaves_nothing_on_failure() {
