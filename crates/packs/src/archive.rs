@@ -345,23 +345,7 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
     if pos != cd.len() {
         return Err(mismatch("bytes left over in the central directory"));
     }
-    // A name that is also another name's directory (`x` and `x/y`, in any case) can't be
-    // unpacked. The first such entry in directory order is reported.
-    let conflict = names
-        .iter()
-        .filter_map(|(key, &child)| {
-            key.match_indices('/')
-                .find_map(|(i, _)| names.get(&key[..i]))
-                .map(|&file| (child, file))
-        })
-        .min();
-    if let Some((child, file)) = conflict {
-        return Err(PackError::NameCollision(format!(
-            "`{}` is a file and also the directory of `{}`",
-            entries[file].name.escape_debug(),
-            entries[child].name.escape_debug()
-        )));
-    }
+    check_directories(&entries, &names)?;
     // Overlaps are visible from the directory alone: an entry needs at least its header,
     // name and data before the next one starts.
     let mut by_offset: Vec<&Entry> = entries.iter().collect();
@@ -384,6 +368,42 @@ pub fn read_central<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<Centra
         ));
     }
     Ok(Central { entries, cd_offset })
+}
+
+/// Directories implied by the names: none is also a file (`x` and `x/y`), and each has one
+/// spelling (`Dir/a` and `dir/b` would be one directory on a case-insensitive file system and
+/// two elsewhere). `names` maps each entry's collision key to its index.
+fn check_directories(entries: &[Entry], names: &HashMap<String, usize>) -> Result<(), PackError> {
+    let mut keys = vec![""; entries.len()];
+    for (key, &i) in names {
+        keys[i] = key.as_str();
+    }
+    // Collision key of a directory → its spelling.
+    let mut dirs: HashMap<&str, &str> = HashMap::new();
+    for (entry, key) in entries.iter().zip(&keys) {
+        let name = entry.name.as_str();
+        // Normalising and case-folding never add or remove a `/`: the k-th `/` of the key
+        // ends the same directory as the k-th `/` of the name.
+        for ((k, _), (n, _)) in key.match_indices('/').zip(name.match_indices('/')) {
+            let (dir_key, dir) = (&key[..k], &name[..n]);
+            if let Some(&file) = names.get(dir_key) {
+                return Err(PackError::NameCollision(format!(
+                    "`{}` is a file and also the directory of `{}`",
+                    entries[file].name.escape_debug(),
+                    name.escape_debug()
+                )));
+            }
+            let spelling = dirs.entry(dir_key).or_insert(dir);
+            if *spelling != dir {
+                return Err(PackError::NameCollision(format!(
+                    "`{}` and `{}` name one directory",
+                    spelling.escape_debug(),
+                    dir.escape_debug()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks an entry's local header against its directory entry and records where its data
