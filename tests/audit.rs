@@ -825,6 +825,68 @@ async fn concurrent_writers_keep_one_chain() {
     assert_eq!(report["checked"], 25);
 }
 
+/// An event waits outside the chain until its transaction commits, is appended at commit, and
+/// disappears with a rollback; another org's chain can't be written through the pending table.
+#[tokio::test]
+async fn events_join_the_chain_at_commit() {
+    use builderos_api::audit::{self, AuditContext, Event};
+    use builderos_shared::db::{self, Scope};
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let org: uuid::Uuid = app.create_org(&alice, "acme").await.parse().expect("uuid");
+    let other: uuid::Uuid = app
+        .create_org(&alice, "other")
+        .await
+        .parse()
+        .expect("uuid");
+    let pool = app.pool.clone();
+    let count = |sql: &'static str| {
+        let su = app.superuser_pool();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(org)
+                .fetch_one(&su)
+                .await
+                .expect("count")
+        }
+    };
+    let chained = "SELECT count(*) FROM audit_events WHERE org_id = $1";
+    let pending = "SELECT count(*) FROM audit_pending WHERE org_id = $1";
+    let before = count(chained).await;
+
+    let event = || Event::success("project.rename", "project", uuid::Uuid::now_v7());
+    let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
+    audit::record(&mut tx, Some(org), &AuditContext::system(), event())
+        .await
+        .expect("record");
+    assert_eq!(count(chained).await, before, "not in the chain before commit");
+    tx.rollback().await.expect("rollback");
+    assert_eq!((count(chained).await, count(pending).await), (before, 0));
+
+    let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
+    for _ in 0..2 {
+        audit::record(&mut tx, Some(org), &AuditContext::system(), event())
+            .await
+            .expect("record");
+    }
+    tx.commit().await.expect("commit");
+    assert_eq!((count(chained).await, count(pending).await), (before + 2, 0));
+
+    // Scoped to one org, the app can't queue an event into another org's chain.
+    let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
+    let err = audit::record(&mut tx, Some(other), &AuditContext::system(), event())
+        .await
+        .expect_err("another org's chain");
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    drop(tx);
+
+    let (_, report) = app
+        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
+        .await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["checked"], before + 2);
+}
+
 /// Retention prunes a prefix of the chain, records an anchor so the rest still verifies, and
 /// the pruning itself is an audited event. Only Owners change retention.
 #[tokio::test]

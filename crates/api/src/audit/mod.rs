@@ -218,6 +218,31 @@ impl ChainedFields<'_> {
     /// intermediate JSON value, because verification hashes millions of events.
     #[must_use]
     pub fn hash(&self) -> String {
+        let mut out = Vec::with_capacity(512);
+        self.write_canonical(&mut out, self.prev_hash, self.seq);
+        builderos_canon::sha256_hex(&out)
+    }
+
+    /// The canonical JSON split around the values of the two fields the database fills in
+    /// under the chain's lock (`prev_hash`, then `seq`): the bytes before `prev_hash`'s value
+    /// (ending in its opening quote), between it and `seq`'s value (from its closing quote),
+    /// and after `seq`'s value. `before + prev_hash + between + seq + after` is exactly the
+    /// canonical JSON whose SHA-256 is [`ChainedFields::hash`]; `self.prev_hash` and
+    /// `self.seq` are ignored.
+    #[must_use]
+    pub fn canonical_split(&self) -> [Vec<u8>; 3] {
+        let mut out = Vec::with_capacity(512);
+        let [prev_at, seq_at] = self.write_canonical(&mut out, "", 0);
+        // The blank `prev_hash` is written `""` and the blank `seq` as `0`.
+        let after = out.split_off(seq_at + 1);
+        out.truncate(seq_at);
+        let between = out.split_off(prev_at + 1);
+        [out, between, after]
+    }
+
+    /// Writes the canonical JSON with the given chain fields; returns where `prev_hash`'s
+    /// value (its opening quote) and `seq`'s value start.
+    fn write_canonical(&self, out: &mut Vec<u8>, prev_hash: &str, seq: i64) -> [usize; 2] {
         use builderos_canon::{write_canonical_str as text, write_canonical_value};
         fn opt(out: &mut Vec<u8>, v: Option<&str>) {
             match v {
@@ -225,21 +250,20 @@ impl ChainedFields<'_> {
                 None => out.extend_from_slice(b"null"),
             }
         }
-        let mut out = Vec::with_capacity(512);
         out.extend_from_slice(b"{\"action\":");
-        text(self.action, &mut out);
+        text(self.action, out);
         out.extend_from_slice(b",\"actor_id\":");
-        opt(&mut out, self.actor_id);
+        opt(out, self.actor_id);
         out.extend_from_slice(b",\"actor_name\":");
-        opt(&mut out, self.actor_name);
+        opt(out, self.actor_name);
         out.extend_from_slice(b",\"actor_type\":");
-        text(self.actor_type, &mut out);
+        text(self.actor_type, out);
         out.extend_from_slice(b",\"auth_method\":");
-        opt(&mut out, self.auth_method);
+        opt(out, self.auth_method);
         out.extend_from_slice(b",\"client_addr\":");
-        opt(&mut out, self.client_addr);
+        opt(out, self.client_addr);
         out.extend_from_slice(b",\"detail\":");
-        write_canonical_value(self.detail, &mut out);
+        write_canonical_value(self.detail, out);
         out.extend_from_slice(b",\"id\":\"");
         out.extend_from_slice(
             self.id
@@ -248,7 +272,7 @@ impl ChainedFields<'_> {
                 .as_bytes(),
         );
         out.extend_from_slice(b"\",\"occurred_at\":");
-        text(&self.occurred_at, &mut out);
+        text(&self.occurred_at, out);
         out.extend_from_slice(b",\"org_id\":");
         match self.org_id {
             Some(org) => {
@@ -263,21 +287,23 @@ impl ChainedFields<'_> {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"outcome\":");
-        text(self.outcome, &mut out);
+        text(self.outcome, out);
         out.extend_from_slice(b",\"prev_hash\":");
-        text(self.prev_hash, &mut out);
+        let prev_at = out.len();
+        text(prev_hash, out);
         out.extend_from_slice(b",\"request_id\":");
-        opt(&mut out, self.request_id);
+        opt(out, self.request_id);
         out.extend_from_slice(b",\"seq\":");
-        out.extend_from_slice(self.seq.to_string().as_bytes());
+        let seq_at = out.len();
+        out.extend_from_slice(seq.to_string().as_bytes());
         out.extend_from_slice(b",\"target_id\":");
-        opt(&mut out, self.target_id);
+        opt(out, self.target_id);
         out.extend_from_slice(b",\"target_type\":");
-        opt(&mut out, self.target_type);
+        opt(out, self.target_type);
         out.extend_from_slice(b",\"user_agent\":");
-        opt(&mut out, self.user_agent);
+        opt(out, self.user_agent);
         out.push(b'}');
-        builderos_canon::sha256_hex(&out)
+        [prev_at, seq_at]
     }
 }
 
@@ -449,16 +475,6 @@ pub async fn record(
         // commit through the cache triggers).
         crate::cache::changed(org);
     }
-    // One round trip takes (or creates) the chain's head and locks it until commit: the
-    // no-op update makes the upsert lock an existing row and return it.
-    let (head_seq, head_hash): (i64, String) = sqlx::query_as(
-        "INSERT INTO audit_heads (chain_id, seq, hash) VALUES ($1, 0, $2) \
-         ON CONFLICT (chain_id) DO UPDATE SET seq = audit_heads.seq RETURNING seq, hash",
-    )
-    .bind(chain)
-    .bind(GENESIS_HASH)
-    .fetch_one(&mut *conn)
-    .await?;
     let occurred_at = Utc::now().trunc_subsecs(6);
     let (actor_type, actor_id, actor_name) = match &ctx.actor {
         Actor::User { id, name } => ("user", Some(id.to_string()), Some(name.clone())),
@@ -472,7 +488,8 @@ pub async fn record(
     let fields = ChainedFields {
         id: Uuid::now_v7(),
         org_id: org,
-        seq: head_seq + 1,
+        // Filled in by the database under the chain's lock.
+        seq: 0,
         occurred_at: timestamp(occurred_at),
         actor_type,
         actor_id: actor_id.as_deref(),
@@ -486,21 +503,22 @@ pub async fn record(
         client_addr: ctx.client_addr.as_deref(),
         user_agent: user_agent.as_deref(),
         detail: &detail,
-        prev_hash: &head_hash,
+        prev_hash: "",
     };
-    let hash = fields.hash();
-    // A second round trip appends the event and moves the head: the lock is held for one
-    // statement plus the commit.
+    let [before_prev, before_seq, after_seq] = fields.canonical_split();
+    // The event waits in `audit_pending` and is appended to its chain when this transaction
+    // commits (migration 0009): the chain's head is locked only inside the commit, so one
+    // org's writers don't queue behind each other's round trips. A rollback drops it with
+    // the change.
     sqlx::query(
-        "WITH event AS (INSERT INTO audit_events (id, org_id, seq, occurred_at, actor_type, actor_id, \
-         actor_name, auth_method, action, target_type, target_id, outcome, request_id, client_addr, \
-         user_agent, detail, prev_hash, hash) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)) \
-         UPDATE audit_heads SET seq = $3, hash = $18 WHERE chain_id = $19",
+        "INSERT INTO audit_pending (chain_id, id, org_id, occurred_at, actor_type, actor_id, \
+         actor_name, auth_method, action, target_type, target_id, outcome, request_id, \
+         client_addr, user_agent, detail, before_prev, before_seq, after_seq) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)",
     )
+    .bind(chain)
     .bind(fields.id)
     .bind(org)
-    .bind(fields.seq)
     .bind(occurred_at)
     .bind(actor_type)
     .bind(fields.actor_id)
@@ -514,9 +532,9 @@ pub async fn record(
     .bind(fields.client_addr)
     .bind(fields.user_agent)
     .bind(&detail)
-    .bind(&head_hash)
-    .bind(&hash)
-    .bind(chain)
+    .bind(before_prev)
+    .bind(before_seq)
+    .bind(after_seq)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -558,6 +576,54 @@ mod tests {
                 f.hash(),
                 builderos_canon::canonical_sha256_hex(&f).expect("canonical")
             );
+        }
+    }
+
+    /// The split the database fills in is the canonical JSON with the chain fields cut out,
+    /// so `before + prev_hash + between + seq + after` hashes to `hash()`.
+    #[test]
+    fn canonical_split_rejoins_to_the_hashed_bytes() {
+        let detail = serde_json::json!({"seq": 3, "prev_hash": "x\"y", "n\u{e9}": ["\u{1f600}"]});
+        for (seq, prev) in [
+            (1, GENESIS_HASH),
+            (9_007_199_254_740_993, &"ab".repeat(32)[..]),
+        ] {
+            let f = ChainedFields {
+                id: Uuid::now_v7(),
+                org_id: Some(Uuid::now_v7()),
+                seq,
+                occurred_at: timestamp(Utc::now()),
+                actor_type: "token",
+                actor_id: Some("t-1"),
+                actor_name: Some("deploy bot \"prod\""),
+                auth_method: None,
+                action: "deploy.request",
+                target_type: Some("run"),
+                target_id: Some("42"),
+                outcome: "denied",
+                request_id: None,
+                client_addr: Some("127.0.0.1"),
+                user_agent: Some("curl/8"),
+                detail: &detail,
+                prev_hash: prev,
+            };
+            let [before, between, after] = f.canonical_split();
+            let joined = [
+                &before[..],
+                prev.as_bytes(),
+                &between[..],
+                seq.to_string().as_bytes(),
+                &after[..],
+            ]
+            .concat();
+            assert_eq!(builderos_canon::sha256_hex(&joined), f.hash());
+            assert!(
+                before.ends_with(b"\"prev_hash\":\""),
+                "{}",
+                String::from_utf8_lossy(&before)
+            );
+            assert!(between.starts_with(b"\",\"request_id\":"));
+            assert!(after.starts_with(b",\"target_id\":"));
         }
     }
 
