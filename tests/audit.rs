@@ -834,11 +834,7 @@ async fn events_join_the_chain_at_commit() {
     let app = TestApp::spawn().await;
     let alice = app.signup("alice@example.com").await;
     let org: uuid::Uuid = app.create_org(&alice, "acme").await.parse().expect("uuid");
-    let other: uuid::Uuid = app
-        .create_org(&alice, "other")
-        .await
-        .parse()
-        .expect("uuid");
+    let other: uuid::Uuid = app.create_org(&alice, "other").await.parse().expect("uuid");
     let pool = app.pool.clone();
     let count = |sql: &'static str| {
         let su = app.superuser_pool();
@@ -859,7 +855,11 @@ async fn events_join_the_chain_at_commit() {
     audit::record(&mut tx, Some(org), &AuditContext::system(), event())
         .await
         .expect("record");
-    assert_eq!(count(chained).await, before, "not in the chain before commit");
+    assert_eq!(
+        count(chained).await,
+        before,
+        "not in the chain before commit"
+    );
     tx.rollback().await.expect("rollback");
     assert_eq!((count(chained).await, count(pending).await), (before, 0));
 
@@ -870,7 +870,10 @@ async fn events_join_the_chain_at_commit() {
             .expect("record");
     }
     tx.commit().await.expect("commit");
-    assert_eq!((count(chained).await, count(pending).await), (before + 2, 0));
+    assert_eq!(
+        (count(chained).await, count(pending).await),
+        (before + 2, 0)
+    );
 
     // Scoped to one org, the app can't queue an event into another org's chain.
     let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");

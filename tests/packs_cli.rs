@@ -104,6 +104,14 @@ fn walkthrough_for_every_kind() {
     std::fs::write(d.join("garbage.zip"), b"PK\x03\x04 definitely not a zip").expect("write");
     let (ok, _, err) = pack(d, &["verify", "garbage.zip", "--key", "acme.pub"]);
     assert!(!ok && err.contains("ERR_PACK_"), "{err}");
+    // A directory is not a pack, and a secret key is not a trusted key: both say so.
+    let (ok, _, err) = pack(d, &["verify", ".", "--key", "acme.pub"]);
+    assert!(
+        !ok && err.contains("ERR_PACK_IO") && err.contains("not a file"),
+        "{err}"
+    );
+    let (ok, _, err) = pack(d, &["verify", "agent.pack.zip", "--key", "acme.key"]);
+    assert!(!ok && err.contains("secret key"), "{err}");
     // A skeleton that could not build is refused up front, and nothing is created.
     for args in [
         &["init", "Bad_Name", "--kind", "desk"][..],

@@ -153,9 +153,20 @@ fn create_new(path: &Path, mode: u32) -> Result<File, PackError> {
 }
 
 fn open(path: &Path) -> Result<BufReader<File>, PackError> {
-    Ok(BufReader::new(File::open(path).map_err(|e| {
-        PackError::Io(format!("{}: {e}", path.display()))
-    })?))
+    let file = File::open(path).map_err(|e| PackError::Io(format!("{}: {e}", path.display())))?;
+    if !file.metadata()?.is_file() {
+        return Err(PackError::Io(format!("{} is not a file", path.display())));
+    }
+    Ok(BufReader::new(file))
+}
+
+/// `1 file`, `2 files`.
+fn files(n: usize) -> String {
+    if n == 1 {
+        "1 file".to_owned()
+    } else {
+        format!("{n} files")
+    }
 }
 
 fn execute(command: PackCommand) -> Result<(String, serde_json::Value), PackError> {
@@ -225,12 +236,12 @@ fn execute(command: PackCommand) -> Result<(String, serde_json::Value), PackErro
                 .map_err(|e| PackError::Io(format!("{}: {e}", out.display())))?;
             Ok((
                 format!(
-                    "built {} ({} {} {}, {} files, unsigned)",
+                    "built {} ({} {} {}, {}, unsigned)",
                     out.display(),
                     kind_name(manifest.kind),
                     manifest.name,
                     manifest.version,
-                    manifest.files.len()
+                    files(manifest.files.len())
                 ),
                 json!({"file": out, "name": manifest.name, "version": manifest.version, "files": manifest.files.len()}),
             ))
@@ -293,13 +304,13 @@ fn execute(command: PackCommand) -> Result<(String, serde_json::Value), PackErro
             let m = &pack.manifest;
             Ok((
                 format!(
-                    "verified: {} {} {} by {} (key {}), {} files{}",
+                    "verified: {} {} {} by {} (key {}), {}{}",
                     kind_name(m.kind),
                     m.name,
                     m.version,
                     m.publisher,
                     pack.key_id,
-                    m.files.len(),
+                    files(m.files.len()),
                     unpack
                         .as_ref()
                         .map(|d| format!(", unpacked into {}", d.display()))
@@ -426,7 +437,7 @@ fn init(dir: &Path, kind: KindArg, name: &str, publisher: &str) -> Result<(), Pa
     };
     let source = json!({
         "format": 1, "kind": kind_str, "name": name, "version": "0.1.0", "publisher": publisher,
-        "description": format!("A {kind_str} pack."),
+        "description": format!("{} {kind_str} pack.", if kind_str == "agent" { "An" } else { "A" }),
         "permissions": {"tools": tools, "network": [], "secrets": []},
         "entry": entry,
     });

@@ -106,6 +106,11 @@ impl TrustedKey {
     /// # Errors
     /// `ERR_PACK_WEAK_KEY` for unusable keys.
     pub fn from_pem(pem: &str) -> Result<Self, PackError> {
+        if pem.contains("PRIVATE KEY-----") {
+            return Err(PackError::WeakKey(
+                "this is a secret key; trust the public key file (`.pub`) instead".into(),
+            ));
+        }
         let public = VerifyingKey::from_public_key_pem(pem)
             .map_err(|e| PackError::WeakKey(format!("not an Ed25519 public key PEM: {e}")))?;
         Self::from_bytes(public.as_bytes())
