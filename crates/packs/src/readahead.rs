@@ -25,13 +25,21 @@ struct Blocks {
     done: bool,
 }
 
+/// `Read::read` for a reader whose buffer is its [`BufRead`] side: copies what is buffered.
+pub(crate) fn read_buffered<B: BufRead + ?Sized>(
+    reader: &mut B,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    let available = reader.fill_buf()?;
+    let n = available.len().min(buf.len());
+    buf[..n].copy_from_slice(&available[..n]);
+    reader.consume(n);
+    Ok(n)
+}
+
 impl Read for Blocks {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
+        read_buffered(self, buf)
     }
 }
 

@@ -267,11 +267,7 @@ impl Forward<'_> {
 
 impl Read for Forward<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
+        readahead::read_buffered(self, buf)
     }
 }
 
