@@ -55,12 +55,13 @@ fn write_all<R: Read + Seek>(
     pack: &VerifiedPack,
     root: &Path,
 ) -> Result<(), PackError> {
+    let entries: std::collections::HashMap<&str, &crate::archive::Entry> =
+        pack.entries.iter().map(|e| (e.name.as_str(), e)).collect();
     for file in &pack.manifest.files {
-        let entry = pack
-            .entries
-            .iter()
-            .find(|e| e.name == file.path)
+        let entry = *entries
+            .get(file.path.as_str())
             .ok_or_else(|| PackError::FileMissing(file.path.clone()))?;
+        let failed = |e: std::io::Error| PackError::Io(format!("writing `{}`: {e}", file.path));
         // The path was checked (relative, no `..`, no empty segments); every directory on it is
         // created here, inside a directory only this process has written to, so no link can
         // be on the way.
@@ -72,17 +73,19 @@ fn write_all<R: Read + Seek>(
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
-                .create(dir)?;
+                .create(dir)
+                .map_err(failed)?;
         }
         // `create_new` (O_CREAT|O_EXCL) never follows or replaces anything already there.
         let out = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
-            .open(&target)?;
+            .open(&target)
+            .map_err(failed)?;
         let mut sink = BufWriter::new(out);
         let (sha, _) = stream_entry(reader, entry, entry.size, &mut sink)?;
-        sink.flush()?;
+        sink.flush().map_err(failed)?;
         if sha != file.sha256 {
             return Err(PackError::HashMismatch(format!(
                 "`{}` changed since verification",
