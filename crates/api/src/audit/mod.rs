@@ -457,11 +457,13 @@ fn truncate(s: Option<&str>, max: usize) -> Option<String> {
     s.map(|s| s.chars().take(max).collect())
 }
 
-/// Appends `event` to `org`'s chain (the platform chain when `org` is None) inside the
-/// caller's transaction.
+/// Records `event` in the caller's transaction, for `org`'s chain (the platform chain when
+/// `org` is None). It joins the chain — gets its `seq` and hash — when that transaction
+/// commits, so it is not yet in `audit_events` when read back inside the transaction.
 ///
 /// # Errors
-/// Database errors; the caller's transaction then rolls back with the change.
+/// Database errors, here or at the caller's commit (appending happens there); either way the
+/// transaction rolls back with the change.
 pub async fn record(
     conn: &mut PgConnection,
     org: Option<Uuid>,
