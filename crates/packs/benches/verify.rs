@@ -85,10 +85,10 @@ fn peak_rss_kib() -> u64 {
 /// Child mode: verify one file (on one thread with `single`), print "seconds peak_kib".
 fn child(path: &str, single: bool) {
     let trusted = TrustedKey::from_bytes(key().verifying_key().as_bytes()).unwrap();
-    let options = VerifyOptions {
-        read_ahead_from: if single { u64::MAX } else { 1 << 20 },
-        ..VerifyOptions::default()
-    };
+    let mut options = VerifyOptions::default();
+    if single {
+        options.read_ahead_from = u64::MAX;
+    }
     let t = Instant::now();
     let mut reader = std::fs::File::open(path).unwrap();
     verify(&mut reader, &[trusted], &options).unwrap();
