@@ -833,3 +833,148 @@ async fn a_worker_rides_out_a_postgres_restart() {
     admin.close().await;
     cluster.stop();
 }
+
+/// `org_job_counts` against the jobs it counts, org by org.
+async fn assert_counts_match(admin: &PgPool, when: &str) {
+    let wrong: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT coalesce(c.org_id, j.org_id), coalesce(c.running, 0)::bigint, coalesce(j.n, 0) \
+           FROM org_job_counts c \
+           FULL JOIN (SELECT org_id, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY org_id) j \
+             ON j.org_id = c.org_id \
+          WHERE coalesce(c.running, 0) <> coalesce(j.n, 0)",
+    )
+    .fetch_all(admin)
+    .await
+    .expect("counts");
+    assert!(
+        wrong.is_empty(),
+        "{when}: (org, counted, running) {wrong:?}"
+    );
+}
+
+#[tokio::test]
+async fn claims_share_slots_out_and_running_counts_follow_every_change() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let (a, b, c) = (
+        tenant(&admin, "a").await.org,
+        tenant(&admin, "b").await.org,
+        tenant(&admin, "c").await.org,
+    );
+    sqlx::query("INSERT INTO org_operator_settings (org_id, max_concurrency) VALUES ($1, 5)")
+        .bind(b)
+        .execute(&admin)
+        .await
+        .expect("limit");
+    for (org, n) in [(a, 1), (b, 30), (c, 30)] {
+        sqlx::query(
+            "INSERT INTO jobs (org_id, kind) SELECT $1, 'noop' FROM generate_series(1, $2)",
+        )
+        .bind(org)
+        .bind(n)
+        .execute(&admin)
+        .await
+        .expect("jobs");
+    }
+    let pool = store::operator_pool(&app.db.app_url, 4).expect("pool");
+    let worker = Uuid::now_v7();
+    let per_org = |claimed: &[store::Claimed]| {
+        [a, b, c].map(|org| claimed.iter().filter(|j| j.org_id == org).count())
+    };
+
+    // Equal shares of 20, within limits: a has one job and b five slots, so what they can't
+    // take goes to c (a second pass), up to c's default limit of 16.
+    let (claimed, expired) = store::claim(&pool, worker, 20, Duration::from_secs(30), 16)
+        .await
+        .expect("claim");
+    assert_eq!(expired, 0);
+    assert_eq!(per_org(&claimed), [1, 5, 14]);
+    assert_counts_match(&admin, "after a claim").await;
+    // b is at its limit, c has two slots left.
+    let (more, _) = store::claim(&pool, worker, 20, Duration::from_secs(30), 16)
+        .await
+        .expect("claim");
+    assert_eq!(per_org(&more), [0, 0, 2]);
+    assert_counts_match(&admin, "after a claim at the limits").await;
+
+    // Completions free slots; releases return jobs.
+    let done: Vec<Value> = claimed[..10]
+        .iter()
+        .map(|j| json!({"job": j.job_id, "noop": true}))
+        .collect();
+    assert_eq!(
+        store::complete(&pool, worker, &json!(done))
+            .await
+            .expect("complete"),
+        10
+    );
+    assert_eq!(
+        store::complete(&pool, worker, &json!(done))
+            .await
+            .expect("again"),
+        0
+    );
+    assert_counts_match(&admin, "after completions").await;
+    let back: Vec<i64> = claimed[10..].iter().map(|j| j.job_id).collect();
+    assert_eq!(
+        store::release(&pool, worker, &back).await.expect("release"),
+        10
+    );
+    assert_counts_match(&admin, "after a release").await;
+
+    // An expired lease: the call that takes it back claims nothing; the next one claims.
+    let (short, _) = store::claim(&pool, worker, 3, Duration::from_millis(1), 16)
+        .await
+        .expect("claim");
+    assert_eq!(short.len(), 3);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (none, expired) = store::claim(&pool, worker, 3, Duration::from_secs(30), 16)
+        .await
+        .expect("claim");
+    assert!(none.is_empty());
+    assert!(expired >= 3, "{expired}");
+    assert_counts_match(&admin, "after leases expired").await;
+    let (again, _) = store::claim(&pool, worker, 3, Duration::from_secs(30), 16)
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 3);
+    assert_counts_match(&admin, "after claiming them again").await;
+
+    // Any other change to running jobs is counted too.
+    sqlx::query("DELETE FROM jobs WHERE id = $1")
+        .bind(again[0].job_id)
+        .execute(&admin)
+        .await
+        .expect("delete");
+    assert_counts_match(&admin, "after a delete").await;
+    sqlx::query("TRUNCATE jobs")
+        .execute(&admin)
+        .await
+        .expect("truncate");
+    assert_counts_match(&admin, "after a truncate").await;
+
+    // Claims side by side never take more than an org's limit between them.
+    sqlx::query("INSERT INTO jobs (org_id, kind) SELECT $1, 'noop' FROM generate_series(1, 50)")
+        .bind(b)
+        .execute(&admin)
+        .await
+        .expect("jobs");
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                store::claim(&pool, Uuid::now_v7(), 3, Duration::from_secs(30), 16)
+                    .await
+                    .expect("claim")
+                    .0
+                    .len()
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for r in racers {
+        total += r.await.expect("racer");
+    }
+    assert_eq!(total, 5, "b's limit is 5");
+    assert_counts_match(&admin, "after racing claims").await;
+}

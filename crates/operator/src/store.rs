@@ -332,7 +332,8 @@ struct ClaimRow {
     expired: i32,
 }
 
-/// Takes back expired leases, then claims up to `max` ready jobs fairly across orgs.
+/// Takes back expired leases (and then claims nothing), or else claims up to `max` ready jobs
+/// fairly across orgs.
 /// Returns the jobs and how many expired leases were taken back.
 ///
 /// # Errors

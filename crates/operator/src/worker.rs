@@ -160,7 +160,12 @@ impl Worker {
             .then(|| tokio::spawn(crate::scheduler::run(inner.pool.clone(), stop_aux.clone())));
         tracing::info!(worker = %inner.id, concurrency = inner.config.concurrency, "operator worker started");
 
-        claim_loop(&inner, &tx, &shutdown).await;
+        // Two claim loops: while one's claim runs, the other's waits on the claim lock in the
+        // database, so claims follow each other without a round trip between them.
+        tokio::join!(
+            claim_loop(&inner, &tx, &shutdown),
+            claim_loop(&inner, &tx, &shutdown)
+        );
 
         // Graceful shutdown: no more claims; give running steps the grace period.
         let deadline = Instant::now() + inner.config.shutdown_grace;
@@ -257,12 +262,20 @@ async fn claim_loop(
         }
         if jobs.is_empty() {
             drop(permits);
+            if expired > 0 {
+                // A call that takes leases back claims nothing: claim again at once.
+                continue;
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = inner.wake.notified() => {}
                 () = tokio::time::sleep(inner.config.poll) => {}
             }
             continue;
+        }
+        if jobs.len() == permits.len() {
+            // A full batch: there may be more, so the other loop looks too.
+            inner.wake.notify_one();
         }
         permits.truncate(jobs.len());
         dispatch(inner, tx, jobs, permits).await;
