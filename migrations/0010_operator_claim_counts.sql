@@ -9,6 +9,8 @@
 -- * A claimed job's row gets entries in two indexes instead of four: jobs_running_idx is gone
 --   (org_job_counts replaces it) and jobs_run_idx holds queued jobs only (the one lookup by
 --   run deletes a run's queued jobs).
+-- * operator_started finds a batch's steps with one lookup per job (it looked up every run
+--   of the batch for each job).
 -- * operator_complete deletes its batch's jobs in one last statement, so that it locks
 --   org_job_counts rows once, in org order, like the claim: the two never deadlock.
 
@@ -463,12 +465,43 @@ BEGIN
 END
 $$;
 
+-- Started: as in 0008, with the steps found one lookup per job.
+CREATE OR REPLACE FUNCTION operator_started(p_jobs bigint[])
+RETURNS TABLE (job_id bigint, run_id uuid, step_id text, attempt integer, org_id uuid,
+               state text, mode text, inputs jsonb, outputs jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE runs r SET state = 'running', started_at = coalesce(r.started_at, now())
+     WHERE r.id = ANY (ARRAY(
+        SELECT q.id FROM runs q
+         WHERE q.state = 'queued'
+           AND q.id = ANY (ARRAY(SELECT j.run_id FROM jobs j WHERE j.id = ANY (p_jobs)))
+         FOR UPDATE SKIP LOCKED));
+    -- One primary-key lookup per job. (0008 also filtered on `run_id = ANY (all the batch's
+    -- runs)`, which made the planner look up every run of the batch once per job.)
+    UPDATE run_steps s SET status = 'running', started_at = coalesce(s.started_at, now())
+      FROM jobs j
+     WHERE j.id = ANY (p_jobs) AND s.run_id = j.run_id AND s.step_id = j.step_id
+       AND s.status IN ('queued', 'running');
+    INSERT INTO run_events (org_id, run_id, kind, step_id, attempt)
+    SELECT j.org_id, j.run_id, 'step.started', j.step_id, j.attempt FROM jobs j
+     WHERE j.id = ANY (p_jobs) AND j.kind = 'step';
+    RETURN QUERY
+    SELECT j.id, j.run_id, j.step_id, j.attempt, j.org_id, r.state, r.mode, r.inputs,
+           (SELECT coalesce(jsonb_object_agg(s.step_id, s.outputs), '{}') FROM run_steps s
+             WHERE s.run_id = j.run_id AND s.outputs IS NOT NULL)
+      FROM jobs j JOIN runs r ON r.id = j.run_id
+     WHERE j.id = ANY (p_jobs) AND j.kind = 'step';
+END
+$$;
+
 -- CREATE OR REPLACE drops a function's settings: set them again (see the end of 0008).
 DO $$
 DECLARE f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY['operator_claim(uuid, integer, integer, integer)',
-                             'operator_complete(uuid, jsonb)'] LOOP
+                             'operator_started(bigint[])', 'operator_complete(uuid, jsonb)'] LOOP
         EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_custom_plan', f);
         EXECUTE format('ALTER FUNCTION %s SET enable_seqscan = off', f);
         EXECUTE format('ALTER FUNCTION %s SET enable_hashjoin = off', f);
