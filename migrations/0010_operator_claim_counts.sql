@@ -39,7 +39,7 @@ CREATE FUNCTION jobs_count_running() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_org uuid[];
     v_delta integer[];
-    v_n integer;
+    v_done uuid[];
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         UPDATE org_job_counts SET running = 0 WHERE running <> 0;
@@ -64,15 +64,17 @@ BEGIN
     IF v_org IS NULL THEN
         RETURN NULL;
     END IF;
-    UPDATE org_job_counts c SET running = c.running + v_delta[array_position(v_org, c.org_id)]
-     WHERE c.org_id = ANY (v_org);
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    IF v_n < array_length(v_org, 1) THEN
-        -- An org's first claim makes its row (0010 made those of older orgs). Only a claim can
-        -- get here, and claims are serialised, so this never waits for another writer.
+    WITH u AS (
+        UPDATE org_job_counts c SET running = c.running + v_delta[array_position(v_org, c.org_id)]
+         WHERE c.org_id = ANY (v_org)
+        RETURNING c.org_id
+    ) SELECT array_agg(u.org_id) INTO v_done FROM u;
+    IF coalesce(array_length(v_done, 1), 0) < array_length(v_org, 1) THEN
+        -- An org's first running jobs make its row (0010 made those of older orgs). Another
+        -- transaction may have made it since the update above looked: then this adds to it.
         INSERT INTO org_job_counts AS c (org_id, running)
         SELECT u.org, u.delta FROM unnest(v_org, v_delta) AS u(org, delta)
-         WHERE NOT EXISTS (SELECT 1 FROM org_job_counts x WHERE x.org_id = u.org)
+         WHERE NOT u.org = ANY (coalesce(v_done, '{}'))
          ORDER BY u.org
         ON CONFLICT (org_id) DO UPDATE SET running = c.running + excluded.running;
     END IF;
@@ -180,8 +182,7 @@ BEGIN
           INTO v_orgs, v_free, v_at, v_id
           FROM slots
          WHERE slots.lim > slots.running
-           -- a second pass stays within the first one's orgs (and so, nearly always, within the
-           -- row locks on org_job_counts that the first took, in org order)
+           -- a second pass stays within the orgs the first one claimed from (below)
            AND (v_first IS NULL OR slots.org = ANY (v_first));
         v_n := coalesce(array_length(v_orgs, 1), 0);
         EXIT WHEN v_n = 0;
@@ -193,8 +194,6 @@ BEGIN
             v_rest := v_rest - v_take[i];
         END LOOP;
         v_asked := v_left - v_rest;
-        v_first := coalesce(v_first, ARRAY(SELECT u.org FROM unnest(v_orgs, v_take) AS u(org, take)
-                                            WHERE u.take > 0));
         RETURN QUERY
         WITH picked AS (
             SELECT k.id FROM unnest(v_orgs, v_take, v_at, v_id) AS p(org, take, at, id)
@@ -216,7 +215,12 @@ BEGIN
         GET DIAGNOSTICS v_got = ROW_COUNT;
         v_left := v_left - v_got;
         -- Another pass only when an org had fewer ready jobs than its share.
-        EXIT WHEN v_left <= 0 OR v_got = 0 OR v_got >= v_asked;
+        EXIT WHEN v_left <= 0 OR v_got = 0 OR v_got >= v_asked OR v_first IS NOT NULL;
+        -- It shares the rest out among the orgs this one claimed from: the rows of
+        -- org_job_counts that this transaction has updated (and so holds locked). No other
+        -- org's row is locked later, out of org order.
+        v_first := ARRAY(SELECT c.org_id FROM org_job_counts c
+                          WHERE c.org_id = ANY (v_orgs) AND c.xmin = pg_current_xact_id()::xid);
     END LOOP;
 
 END

@@ -977,4 +977,38 @@ async fn claims_share_slots_out_and_running_counts_follow_every_change() {
     }
     assert_eq!(total, 5, "b's limit is 5");
     assert_counts_match(&admin, "after racing claims").await;
+
+    // Writers side by side on orgs that have no count yet (a row is made by the first writer
+    // that runs jobs of its org; the others add to it, whenever they look).
+    let mut fresh = Vec::new();
+    for i in 0..40 {
+        fresh.push(tenant(&admin, &format!("fresh{i}")).await.org);
+    }
+    sqlx::query("INSERT INTO jobs (org_id, kind) SELECT o, 'noop' FROM unnest($1::uuid[]) o, generate_series(1, 10)")
+        .bind(&fresh)
+        .execute(&admin)
+        .await
+        .expect("jobs");
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (admin, fresh) = (admin.clone(), fresh.clone());
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    sqlx::query(
+                        "UPDATE jobs SET state = 'running' WHERE id IN (SELECT id FROM jobs \
+                         WHERE org_id = ANY ($1) AND state = 'queued' ORDER BY id LIMIT 10 \
+                         FOR UPDATE SKIP LOCKED)",
+                    )
+                    .bind(&fresh)
+                    .execute(&admin)
+                    .await
+                    .expect("claim");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    assert_counts_match(&admin, "after racing first writers").await;
 }
