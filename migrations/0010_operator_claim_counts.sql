@@ -129,7 +129,7 @@ DECLARE
     v_take integer[];
     v_at timestamptz[];
     v_id bigint[];
-    v_first uuid[];
+    v_second uuid[];
     v_n integer;
     v_asked integer;
     v_got integer;
@@ -183,7 +183,7 @@ BEGIN
           FROM slots
          WHERE slots.lim > slots.running
            -- a second pass stays within the orgs the first one claimed from (below)
-           AND (v_first IS NULL OR slots.org = ANY (v_first));
+           AND (v_second IS NULL OR slots.org = ANY (v_second));
         v_n := coalesce(array_length(v_orgs, 1), 0);
         EXIT WHEN v_n = 0;
         -- Equal shares of what is left, rounded up, each within the org's free slots.
@@ -215,11 +215,11 @@ BEGIN
         GET DIAGNOSTICS v_got = ROW_COUNT;
         v_left := v_left - v_got;
         -- Another pass only when an org had fewer ready jobs than its share.
-        EXIT WHEN v_left <= 0 OR v_got = 0 OR v_got >= v_asked OR v_first IS NOT NULL;
+        EXIT WHEN v_left <= 0 OR v_got = 0 OR v_got >= v_asked OR v_second IS NOT NULL;
         -- It shares the rest out among the orgs this one claimed from: the rows of
         -- org_job_counts that this transaction has updated (and so holds locked). No other
         -- org's row is locked later, out of org order.
-        v_first := ARRAY(SELECT c.org_id FROM org_job_counts c
+        v_second := ARRAY(SELECT c.org_id FROM org_job_counts c
                           WHERE c.org_id = ANY (v_orgs) AND c.xmin = pg_current_xact_id()::xid);
     END LOOP;
 

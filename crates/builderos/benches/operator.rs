@@ -148,6 +148,9 @@ async fn pipeline(admin: &PgPool, org: Uuid, project: Uuid, name: &str, def: &De
     id
 }
 
+/// Starts `n` runs (committing every 500) and returns them with the database's clock just
+/// before the last commit: the moment the last run's first job is enqueued (nothing can see
+/// a job before its transaction commits).
 async fn start_runs(
     admin: &PgPool,
     org: Uuid,
@@ -155,7 +158,7 @@ async fn start_runs(
     pipeline: Uuid,
     def: &Definition,
     n: usize,
-) -> Vec<Uuid> {
+) -> (Vec<Uuid>, chrono::DateTime<chrono::Utc>) {
     let inputs = serde_json::Map::new();
     let mut runs = Vec::with_capacity(n);
     let mut tx = admin.begin().await.expect("tx");
@@ -183,44 +186,12 @@ async fn start_runs(
             tx = admin.begin().await.expect("tx");
         }
     }
-    tx.commit().await.expect("commit");
-    runs
-}
-
-/// Starts one run and returns it with the database's clock just before its transaction
-/// commits: the moment its first job is enqueued (nothing can see the job before that).
-async fn start_one(
-    admin: &PgPool,
-    org: Uuid,
-    project: Uuid,
-    pipeline: Uuid,
-    def: &Definition,
-) -> (Uuid, chrono::DateTime<chrono::Utc>) {
-    let inputs = serde_json::Map::new();
-    let mut tx = admin.begin().await.expect("tx");
-    let started = store::start_run(
-        &mut tx,
-        &NewRun {
-            org,
-            project,
-            pipeline,
-            version: 1,
-            definition: def,
-            inputs: &inputs,
-            mode: Mode::Mock,
-            trigger: Trigger::Api,
-            idempotency_key: None,
-            created_by: None,
-        },
-    )
-    .await
-    .expect("start run");
     let at = sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(&mut *tx)
         .await
         .expect("clock");
     tx.commit().await.expect("commit");
-    (started.run, at)
+    (runs, at)
 }
 
 /// Whether any job is left. Cheap (the lowest id, through the primary key) because it runs
@@ -414,8 +385,8 @@ async fn delays(
     let (mut runs, mut enqueued) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
         let t = Instant::now();
-        let (run, at) = start_one(&world.admin, org, project, pipeline_id, def).await;
-        runs.push(run);
+        let (run, at) = start_runs(&world.admin, org, project, pipeline_id, def, 1).await;
+        runs.extend(run);
         enqueued.push(at);
         let left = gap.saturating_sub(t.elapsed());
         tokio::time::sleep(left).await;
