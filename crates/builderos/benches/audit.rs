@@ -142,6 +142,9 @@ async fn insert(pool: &PgPool, chain: &mut Chain, n: i64, end: DateTime<Utc>, ac
         .expect("head");
 }
 
+/// Alternating rounds of each side of an overhead comparison.
+const ROUNDS: usize = 3;
+
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();
     let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
@@ -312,12 +315,16 @@ fn main() {
             builderos_shared::http::finish(routes, "bench", limit)
         })
         .await;
-        let secs = Duration::from_secs(4);
+        let secs = Duration::from_secs(3);
         requests_per_second(&app, "/without", &same_org, Duration::from_secs(1)).await;
         println!("  audit write overhead on a mutating request (the same update with and without audit::record):");
         for (name, targets) in [("16 connections, one org (one chain)", &same_org), ("16 connections, 16 orgs", &many_orgs), ("1 connection", &same_org[..1].to_vec())] {
-            let without = (requests_per_second(&app, "/without", targets, secs).await + requests_per_second(&app, "/without", targets, secs).await) / 2.0;
-            let with = (requests_per_second(&app, "/with", targets, secs).await + requests_per_second(&app, "/with", targets, secs).await) / 2.0;
+            // Alternated, so that the machine's drift over the measurement weighs on both alike.
+            let (mut without, mut with) = (0.0, 0.0);
+            for _ in 0..ROUNDS {
+                without += requests_per_second(&app, "/without", targets, secs).await / ROUNDS as f64;
+                with += requests_per_second(&app, "/with", targets, secs).await / ROUNDS as f64;
+            }
             println!("    {name:<38} without {without:>6.0} req/s, with {with:>6.0} req/s: overhead {:>5.1} %   (target <= 15 %)", 100.0 * (1.0 - with / without));
         }
         drop(app);
@@ -466,12 +473,11 @@ async fn real_endpoint_overhead(secs: Duration) {
         ("16 connections, 16 orgs", &many_orgs),
         ("1 connection", &one),
     ] {
-        let without = (rate(&app, "/bench", &owner.access, targets, secs).await
-            + rate(&app, "/bench", &owner.access, targets, secs).await)
-            / 2.0;
-        let with = (rate(&app, "/v1", &owner.access, targets, secs).await
-            + rate(&app, "/v1", &owner.access, targets, secs).await)
-            / 2.0;
+        let (mut without, mut with) = (0.0, 0.0);
+        for _ in 0..ROUNDS {
+            without += rate(&app, "/bench", &owner.access, targets, secs).await / ROUNDS as f64;
+            with += rate(&app, "/v1", &owner.access, targets, secs).await / ROUNDS as f64;
+        }
         println!(
             "    {name:<38} without {without:>6.0} req/s, with {with:>6.0} req/s: overhead {:>5.1} %   (target <= 15 %)",
             100.0 * (1.0 - with / without)
