@@ -333,47 +333,95 @@ fn main() {
 }
 
 /// The real `PATCH /v1/orgs/{org}/projects/{project}` (authenticated, authorized, audited)
-/// against a route doing exactly its work minus the audit write.
+/// against a copy of its handler minus the audit write: the same extractors, validation,
+/// statements and response.
 async fn real_endpoint_overhead(secs: Duration) {
     use builderos_api::AppState;
     use builderos_api::auth::Auth;
+    use builderos_api::domain::display_name;
     use builderos_api::permissions::Permission;
     use builderos_shared::http::{ApiError, Json};
+    use chrono::DateTime;
 
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RenameProject {
+        name: String,
+    }
+    #[derive(serde::Serialize)]
+    struct Environment {
+        id: Uuid,
+        name: String,
+        protected: bool,
+        required_approvals: i32,
+    }
+    #[derive(serde::Serialize)]
+    struct Project {
+        id: Uuid,
+        org_id: Uuid,
+        slug: String,
+        name: String,
+        created_at: DateTime<Utc>,
+        environments: Vec<Environment>,
+    }
+    async fn load_project(
+        conn: &mut sqlx::PgConnection,
+        org: Uuid,
+        project: Uuid,
+    ) -> Result<Project, ApiError> {
+        let row: Option<(Uuid, Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, org_id, slug, name, created_at FROM projects WHERE id = $1 AND org_id = $2",
+        )
+        .bind(project)
+        .bind(org)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let (id, org_id, slug, name, created_at) =
+            row.ok_or_else(|| ApiError::not_found("project"))?;
+        let rows: Vec<(Uuid, String, bool, i32)> = sqlx::query_as(
+            "SELECT id, name, protected, required_approvals FROM environments WHERE project_id = $1 ORDER BY created_at, id",
+        )
+        .bind(project)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(Project {
+            id,
+            org_id,
+            slug,
+            name,
+            created_at,
+            environments: rows
+                .into_iter()
+                .map(|(id, name, protected, required_approvals)| Environment {
+                    id,
+                    name,
+                    protected,
+                    required_approvals,
+                })
+                .collect(),
+        })
+    }
     async fn rename_without_audit(
         State(state): State<AppState>,
         auth: Auth,
-        Path((org, project)): Path<(Uuid, Uuid)>,
-        Json(body): Json<serde_json::Value>,
-    ) -> Result<Json<serde_json::Value>, ApiError> {
+        Path((org, project)): Path<(String, String)>,
+        Json(body): Json<RenameProject>,
+    ) -> Result<Json<Project>, ApiError> {
+        let org = Uuid::parse_str(&org).map_err(|_| ApiError::not_found("org"))?;
+        let project = Uuid::parse_str(&project).map_err(|_| ApiError::not_found("project"))?;
         auth.authorize(&state, org, Permission::ProjectsWrite)
             .await?;
-        let name = body["name"].as_str().unwrap_or("x").to_owned();
+        let name = display_name("name", &body.name)?;
         let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-        // The handler's statements: load the project, update it, load it again.
-        for step in 0..2 {
-            let _: (Uuid, String) =
-                sqlx::query_as("SELECT id, name FROM projects WHERE id = $1 AND org_id = $2")
-                    .bind(project)
-                    .bind(org)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let _: Vec<(Uuid, String)> = sqlx::query_as(
-                "SELECT id, name FROM environments WHERE project_id = $1 ORDER BY created_at, id",
-            )
+        let _old = load_project(&mut tx, org, project).await?;
+        sqlx::query("UPDATE projects SET name = $2 WHERE id = $1")
             .bind(project)
-            .fetch_all(&mut *tx)
+            .bind(&name)
+            .execute(&mut *tx)
             .await?;
-            if step == 0 {
-                sqlx::query("UPDATE projects SET name = $2 WHERE id = $1")
-                    .bind(project)
-                    .bind(&name)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
+        let updated = load_project(&mut tx, org, project).await?;
         tx.commit().await?;
-        Ok(Json(serde_json::json!({"id": project, "name": name})))
+        Ok(Json(updated))
     }
 
     let db = TestDb::new().await;
