@@ -890,6 +890,56 @@ async fn events_join_the_chain_at_commit() {
     assert_eq!(report["checked"], before + 2);
 }
 
+/// A chain's first events, committed concurrently: the first append creates the head, the
+/// others wait for it and follow on, and the chain has no gap and no fork.
+#[tokio::test]
+async fn concurrent_first_events_start_one_chain() {
+    use builderos_api::audit::{self, AuditContext, Event, store};
+    use builderos_shared::db::{self, Scope};
+    let app = TestApp::spawn().await;
+    // An org made directly in the database has no events yet, so no head.
+    let org = uuid::Uuid::now_v7();
+    sqlx::query("INSERT INTO orgs (id, slug, name) VALUES ($1, 'fresh', 'Fresh')")
+        .bind(org)
+        .execute(&app.superuser_pool())
+        .await
+        .expect("org");
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    // Fewer than the pool's 10 connections: every writer holds one at the barrier.
+    for _ in 0..8 {
+        let (pool, barrier) = (app.pool.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
+            let event = Event::success("project.rename", "project", uuid::Uuid::now_v7());
+            audit::record(&mut tx, Some(org), &AuditContext::system(), event)
+                .await
+                .expect("record");
+            barrier.wait().await;
+            tx.commit().await.expect("commit");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let report = store::verify_org(&app.pool, org).await.expect("verify");
+    assert!(report.ok, "{:?}", report.first_broken_seq);
+    assert_eq!(report.checked, 8);
+    let (seq, prev): (i64, Option<String>) =
+        sqlx::query_as("SELECT seq, prev_hash FROM audit_heads WHERE chain_id = $1")
+            .bind(org)
+            .fetch_one(&app.superuser_pool())
+            .await
+            .expect("head");
+    let seventh: String =
+        sqlx::query_scalar("SELECT hash FROM audit_events WHERE org_id = $1 AND seq = 7")
+            .bind(org)
+            .fetch_one(&app.superuser_pool())
+            .await
+            .expect("event 7");
+    assert_eq!((seq, prev), (8, Some(seventh)));
+}
+
 /// Retention prunes a prefix of the chain, records an anchor so the rest still verifies, and
 /// the pruning itself is an audited event. Only Owners change retention.
 #[tokio::test]
