@@ -18,7 +18,7 @@
 //!   connection is lost until it is back, every lookup goes to the database and the cache is
 //!   emptied. Entries also expire after [`TTL`], a bound should a notification ever go missing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -80,11 +80,21 @@ struct Entry<V> {
     value: V,
 }
 
-struct Map<K, V>(RwLock<HashMap<K, Entry<V>>>);
+/// Entries by key, and each org's keys, so that dropping an org (which every change to it
+/// does) touches that org's entries only, not the whole map.
+struct Map<K, V>(RwLock<Entries<K, V>>);
 
-impl<K: Eq + Hash, V: Clone> Map<K, V> {
+struct Entries<K, V> {
+    by_key: HashMap<K, Entry<V>>,
+    by_org: HashMap<Uuid, HashSet<K>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Map<K, V> {
     fn new() -> Self {
-        Self(RwLock::new(HashMap::new()))
+        Self(RwLock::new(Entries {
+            by_key: HashMap::new(),
+            by_org: HashMap::new(),
+        }))
     }
 
     fn get(&self, key: &K) -> Option<V> {
@@ -92,7 +102,8 @@ impl<K: Eq + Hash, V: Clone> Map<K, V> {
             .0
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(key)
+        map.by_key
+            .get(key)
             .filter(|e| e.at.elapsed() < TTL)
             .map(|e| e.value.clone())
     }
@@ -107,17 +118,22 @@ impl<K: Eq + Hash, V: Clone> Map<K, V> {
         if !fresh() {
             return;
         }
-        if map.len() >= MAX_ENTRIES {
-            map.clear();
+        if map.by_key.len() >= MAX_ENTRIES {
+            map.by_key.clear();
+            map.by_org.clear();
         }
-        map.insert(
-            key,
-            Entry {
-                org,
-                at: Instant::now(),
-                value,
-            },
-        );
+        let entry = Entry {
+            org,
+            at: Instant::now(),
+            value,
+        };
+        if let Some(old) = map.by_key.insert(key.clone(), entry)
+            && old.org != org
+            && let Some(keys) = map.by_org.get_mut(&old.org)
+        {
+            keys.remove(&key);
+        }
+        map.by_org.entry(org).or_default().insert(key);
     }
 
     fn drop_org(&self, org: Option<Uuid>) {
@@ -126,8 +142,17 @@ impl<K: Eq + Hash, V: Clone> Map<K, V> {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match org {
-            Some(org) => map.retain(|_, e| e.org != org),
-            None => map.clear(),
+            Some(org) => {
+                if let Some(keys) = map.by_org.remove(&org) {
+                    for key in keys {
+                        map.by_key.remove(&key);
+                    }
+                }
+            }
+            None => {
+                map.by_key.clear();
+                map.by_org.clear();
+            }
         }
     }
 }
@@ -197,7 +222,7 @@ impl Cache {
             && ticket.0 == Some(self.generation.load(Ordering::Acquire))
     }
 
-    fn lookup<K: Eq + Hash, V: Clone>(
+    fn lookup<K: Eq + Hash + Clone, V: Clone>(
         &self,
         map: &Map<K, V>,
         key: &K,
@@ -314,6 +339,34 @@ mod tests {
             etag: etag.to_owned(),
             body: Bytes::from_static(b"{}"),
         }
+    }
+
+    #[test]
+    fn dropping_an_org_drops_exactly_its_entries() {
+        let map: Map<String, u32> = Map::new();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        for i in 0..100 {
+            map.put(format!("a{i}"), a, i, || true);
+            map.put(format!("b{i}"), b, i, || true);
+        }
+        // A key stored again under another org belongs to that org only.
+        map.put("a0".to_owned(), b, 7, || true);
+        // Stored twice under the same org: still one entry.
+        map.put("b1".to_owned(), b, 8, || true);
+        map.drop_org(Some(a));
+        assert_eq!(map.get(&"a1".to_owned()), None);
+        assert_eq!(map.get(&"a0".to_owned()), Some(7));
+        assert_eq!(map.get(&"b1".to_owned()), Some(8));
+        {
+            let entries = map.0.read().expect("lock");
+            assert_eq!(entries.by_key.len(), 101);
+            assert!(!entries.by_org.contains_key(&a));
+            assert_eq!(entries.by_org.get(&b).map(HashSet::len), Some(101));
+        }
+        map.drop_org(Some(b));
+        assert_eq!(map.get(&"a0".to_owned()), None);
+        let entries = map.0.read().expect("lock");
+        assert!(entries.by_key.is_empty() && entries.by_org.is_empty());
     }
 
     #[test]
