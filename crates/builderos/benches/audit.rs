@@ -5,8 +5,10 @@
 //!   security as the API (by actor, by action prefix, by target, by time window, combined);
 //! - export throughput (pages fetched and rendered as JSON Lines) in events/s;
 //! - verify throughput (the whole 1M chain recomputed) in events/s;
-//! - the overhead of the audit write on a mutating request: requests/s of the same update with
-//!   and without `audit::record`, 16 connections, in the big org.
+//! - the overhead of the audit write on a mutating request, as requests/s with and without it
+//!   (three alternating rounds of each): a minimal update route in the big org, and the real
+//!   `PATCH …/projects/{project}` against a copy of its handler minus the audit write; each
+//!   over 16 connections in one org, 16 connections over 16 orgs, and one connection.
 //!
 //! Run: `cargo bench -p builderos --bench audit` (`BENCH_EVENTS` changes the size of the big
 //! org; the other orgs get as many events in total).
