@@ -13,6 +13,7 @@ async fn events(
     app: &TestApp,
     org: &str,
 ) -> Vec<(i64, String, Option<String>, Option<String>, String)> {
+    app.seal_audit().await;
     sqlx::query_as("SELECT seq, action, target_type, target_id, outcome FROM audit_events WHERE org_id = $1::uuid ORDER BY seq")
         .bind(org)
         .fetch_all(&app.superuser_pool())
@@ -418,6 +419,7 @@ async fn every_change_writes_exactly_one_event() {
     );
 
     // Platform events (sign-up, sign-in) form their own chain.
+    app.seal_audit().await;
     let platform: Vec<String> =
         sqlx::query_scalar("SELECT action FROM audit_events WHERE org_id IS NULL ORDER BY seq")
             .fetch_all(&app.superuser_pool())
@@ -535,6 +537,7 @@ async fn query_filters_and_pagination() {
     );
 
     // Paging through everything, two at a time, sees every event exactly once.
+    app.seal_audit().await;
     let total: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE org_id = $1::uuid")
             .bind(&org)
@@ -827,17 +830,20 @@ async fn concurrent_writers_keep_one_chain() {
 
 /// An event waits outside the chain until its transaction commits, is appended at commit, and
 /// disappears with a rollback; another org's chain can't be written through the pending table.
+/// An event commits or rolls back with its change: it waits in the journal, where the app
+/// can neither read, change nor remove it, until sealing gives it its place in the chain.
 #[tokio::test]
-async fn events_join_the_chain_at_commit() {
-    use builderos_api::audit::{self, AuditContext, Event};
+async fn events_wait_in_the_journal_until_sealed() {
+    use builderos_api::audit::{self, AuditContext, Event, sealer};
     use builderos_shared::db::{self, Scope};
     let app = TestApp::spawn().await;
     let alice = app.signup("alice@example.com").await;
     let org: uuid::Uuid = app.create_org(&alice, "acme").await.parse().expect("uuid");
     let other: uuid::Uuid = app.create_org(&alice, "other").await.parse().expect("uuid");
     let pool = app.pool.clone();
+    let su = app.superuser_pool();
     let count = |sql: &'static str| {
-        let su = app.superuser_pool();
+        let su = su.clone();
         async move {
             sqlx::query_scalar::<_, i64>(sql)
                 .bind(org)
@@ -847,7 +853,8 @@ async fn events_join_the_chain_at_commit() {
         }
     };
     let chained = "SELECT count(*) FROM audit_events WHERE org_id = $1";
-    let pending = "SELECT count(*) FROM audit_pending WHERE org_id = $1";
+    let journaled = "SELECT count(*) FROM audit_journal WHERE org_id = $1";
+    app.seal_audit().await;
     let before = count(chained).await;
 
     let event = || Event::success("project.rename", "project", uuid::Uuid::now_v7());
@@ -855,13 +862,11 @@ async fn events_join_the_chain_at_commit() {
     audit::record(&mut tx, Some(org), &AuditContext::system(), event())
         .await
         .expect("record");
-    assert_eq!(
-        count(chained).await,
-        before,
-        "not in the chain before commit"
-    );
+    // Inside its transaction the event is not yet anywhere another transaction can see.
+    assert_eq!((count(chained).await, count(journaled).await), (before, 0));
     tx.rollback().await.expect("rollback");
-    assert_eq!((count(chained).await, count(pending).await), (before, 0));
+    app.seal_audit().await;
+    assert_eq!((count(chained).await, count(journaled).await), (before, 0));
 
     let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
     for _ in 0..2 {
@@ -870,17 +875,62 @@ async fn events_join_the_chain_at_commit() {
             .expect("record");
     }
     tx.commit().await.expect("commit");
+    // Committed: journaled, or already sealed by the app's background sealer.
+    assert_eq!(count(chained).await + count(journaled).await, before + 2);
+    // The app's role can only add to the journal.
+    for sql in [
+        "SELECT count(*) FROM audit_journal",
+        "UPDATE audit_journal SET action = 'x'",
+        "DELETE FROM audit_journal",
+        "UPDATE audit_heads SET seq = 0",
+    ] {
+        let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
+        let err = sqlx::query(sql)
+            .execute(&mut *tx)
+            .await
+            .expect_err("the app can't touch waiting events or heads");
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{sql}: {err}"
+        );
+    }
+    // Reading the trail seals the org first: the events are there, in order, and verify.
+    let (status, page) = app
+        .get_as(
+            &format!("/v1/orgs/{org}/audit/events?limit=2"),
+            &alice.access,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["events"][0]["action"], "project.rename");
+    assert_eq!(page["events"][0]["seq"], before + 2);
+    assert_eq!(count(journaled).await, 0);
+    let mut conn = pool.acquire().await.expect("conn");
     assert_eq!(
-        (count(chained).await, count(pending).await),
-        (before + 2, 0)
+        sealer::seal(&mut conn, Some(org)).await.expect("seal"),
+        0,
+        "nothing left"
     );
 
-    // Scoped to one org, the app can't queue an event into another org's chain.
+    // Scoped to one org, the app can't queue an event into another org's chain, nor an
+    // org-less event into an org's chain.
     let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
     let err = audit::record(&mut tx, Some(other), &AuditContext::system(), event())
         .await
         .expect_err("another org's chain");
     assert!(err.to_string().contains("row-level security"), "{err}");
+    drop(tx);
+    let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
+    let err = sqlx::query(
+        "INSERT INTO audit_journal (id, chain_id, org_id, occurred_at, actor_type, action, outcome, \
+         detail, before_prev, before_seq, after_seq) \
+         VALUES (gen_random_uuid(), $1, NULL, now(), 'system', 'x', 'success', '{}', '', '', '')",
+    )
+    .bind(org)
+    .execute(&mut *tx)
+    .await
+    .expect_err("chain and org disagree");
+    assert!(err.to_string().contains("check constraint"), "{err}");
     drop(tx);
 
     let (_, report) = app
@@ -890,11 +940,40 @@ async fn events_join_the_chain_at_commit() {
     assert_eq!(report["checked"], before + 2);
 }
 
-/// A chain's first events, committed concurrently: the first append creates the head, the
-/// others wait for it and follow on, and the chain has no gap and no fork.
+/// With no reader asking, the background sealer seals what was committed by itself.
 #[tokio::test]
-async fn concurrent_first_events_start_one_chain() {
-    use builderos_api::audit::{self, AuditContext, Event, store};
+async fn the_background_sealer_seals_committed_events() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let org = app.create_org(&alice, "acme").await;
+    let su = app.superuser_pool();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (journaled, chained): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM audit_journal), \
+                    (SELECT count(*) FROM audit_events WHERE org_id = $1::uuid)",
+        )
+        .bind(&org)
+        .fetch_one(&su)
+        .await
+        .expect("count");
+        if journaled == 0 && chained > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {journaled} events in the journal, {chained} sealed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A chain's first events, committed concurrently and sealed by several sealers at once
+/// (background ones that skip held chains, and readers' that wait for them): one chain, no
+/// gap, no fork.
+#[tokio::test]
+async fn concurrent_writers_and_sealers_make_one_chain() {
+    use builderos_api::audit::{self, AuditContext, Event, sealer, store};
     use builderos_shared::db::{self, Scope};
     let app = TestApp::spawn().await;
     // An org made directly in the database has no events yet, so no head.
@@ -906,17 +985,36 @@ async fn concurrent_first_events_start_one_chain() {
         .expect("org");
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
     let mut tasks = Vec::new();
-    // Fewer than the pool's 10 connections: every writer holds one at the barrier.
-    for _ in 0..8 {
+    // Fewer than the pool's 10 connections: every task holds one at the barrier.
+    for i in 0..8 {
         let (pool, barrier) = (app.pool.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
-            let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
-            let event = Event::success("project.rename", "project", uuid::Uuid::now_v7());
-            audit::record(&mut tx, Some(org), &AuditContext::system(), event)
-                .await
-                .expect("record");
-            barrier.wait().await;
-            tx.commit().await.expect("commit");
+            if i < 5 {
+                let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
+                for _ in 0..3 {
+                    let event = Event::success("project.rename", "project", uuid::Uuid::now_v7());
+                    audit::record(&mut tx, Some(org), &AuditContext::system(), event)
+                        .await
+                        .expect("record");
+                }
+                barrier.wait().await;
+                tx.commit().await.expect("commit");
+            } else if i == 5 {
+                // A reader's seal holds the chain until its transaction ends.
+                let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
+                barrier.wait().await;
+                for _ in 0..5 {
+                    sealer::seal(&mut tx, Some(org)).await.expect("seal");
+                    tokio::task::yield_now().await;
+                }
+                tx.commit().await.expect("commit");
+            } else {
+                barrier.wait().await;
+                for _ in 0..5 {
+                    sealer::seal_all(&pool).await.expect("seal all");
+                    tokio::task::yield_now().await;
+                }
+            }
         }));
     }
     for t in tasks {
@@ -924,20 +1022,20 @@ async fn concurrent_first_events_start_one_chain() {
     }
     let report = store::verify_org(&app.pool, org).await.expect("verify");
     assert!(report.ok, "{:?}", report.first_broken_seq);
-    assert_eq!(report.checked, 8);
+    assert_eq!(report.checked, 15);
     let (seq, prev): (i64, Option<String>) =
         sqlx::query_as("SELECT seq, prev_hash FROM audit_heads WHERE chain_id = $1")
             .bind(org)
             .fetch_one(&app.superuser_pool())
             .await
             .expect("head");
-    let seventh: String =
-        sqlx::query_scalar("SELECT hash FROM audit_events WHERE org_id = $1 AND seq = 7")
+    let before_last: String =
+        sqlx::query_scalar("SELECT hash FROM audit_events WHERE org_id = $1 AND seq = 14")
             .bind(org)
             .fetch_one(&app.superuser_pool())
             .await
-            .expect("event 7");
-    assert_eq!((seq, prev), (8, Some(seventh)));
+            .expect("event 14");
+    assert_eq!((seq, prev), (15, Some(before_last)));
 }
 
 /// Retention prunes a prefix of the chain, records an anchor so the rest still verifies, and
@@ -980,6 +1078,7 @@ async fn retention_prunes_with_an_anchor() {
     assert_eq!((s, body["retention_days"].as_i64()), (200, Some(30)));
 
     // The first four events happened long ago.
+    app.seal_audit().await;
     let superuser = app.superuser_pool();
     sqlx::query("UPDATE audit_events SET occurred_at = now() - interval '90 days' WHERE org_id = $1::uuid AND seq <= 4").bind(&org).execute(&superuser).await.expect("age");
     let before: i64 =
@@ -998,6 +1097,7 @@ async fn retention_prunes_with_an_anchor() {
     assert_eq!(pruned[0]["pruned"], 4, "{pruned}");
     assert_eq!(pruned[0]["anchor_seq"], 4);
 
+    app.seal_audit().await;
     let after: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE org_id = $1::uuid")
             .bind(&org)

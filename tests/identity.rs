@@ -20,6 +20,7 @@ async fn invite_token(app: &TestApp, email: &str) -> String {
 }
 
 async fn audit_actions(app: &TestApp, org: Option<&str>) -> Vec<(String, String)> {
+    app.seal_audit().await;
     let rows: Vec<(String, String)> = match org {
         Some(org) => sqlx::query_as(
             "SELECT action, outcome FROM audit_events WHERE org_id = $1::uuid ORDER BY seq",
@@ -125,6 +126,7 @@ async fn signin_does_not_enumerate_users() {
     assert!(actions.contains(&("user.signin".into(), "failure".into())));
     assert!(actions.contains(&("user.signin".into(), "success".into())));
     // No password, hash or token in any event.
+    app.seal_audit().await;
     let details: Vec<String> = sqlx::query_scalar("SELECT detail::text FROM audit_events")
         .fetch_all(&app.superuser_pool())
         .await

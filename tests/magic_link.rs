@@ -179,6 +179,7 @@ async fn magic_link_over_smtp() {
     assert_eq!(status, 200, "the password still works");
 
     // Secrets never reach the audit trail.
+    app.seal_audit().await;
     let details: Vec<String> = sqlx::query_scalar("SELECT detail::text FROM audit_events")
         .fetch_all(&app.superuser_pool())
         .await

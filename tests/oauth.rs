@@ -198,6 +198,7 @@ async fn oidc_sign_in_creates_and_reuses_the_account() {
         "the linked identity maps to the same account"
     );
 
+    app.seal_audit().await;
     let actions: Vec<String> =
         sqlx::query_scalar("SELECT action FROM audit_events WHERE org_id IS NULL ORDER BY seq")
             .fetch_all(&app.superuser_pool())
@@ -316,6 +317,7 @@ async fn bad_id_tokens_and_states_are_refused() {
         .await
         .expect("count");
     assert_eq!(users, 0, "no refused attempt created an account");
+    app.seal_audit().await;
     let failures: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_events WHERE action = 'user.signin' AND outcome = 'failure'",
     )

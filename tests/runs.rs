@@ -121,6 +121,7 @@ impl World {
 
     /// The last audit event of the org: (action, outcome).
     async fn last_event(&self) -> (String, String) {
+        self.app.seal_audit().await;
         sqlx::query_as(
             "SELECT action, outcome FROM audit_events WHERE org_id = $1::uuid ORDER BY seq DESC LIMIT 1",
         )

@@ -59,6 +59,8 @@ pub struct AppState {
     pub cache: Arc<cache::Cache>,
     /// Where the operator keeps run artifacts (read by the artifact downloads).
     pub artifacts: Arc<dyn builderos_operator::artifacts::ArtifactStore>,
+    /// This replica's audit sealer (stops with the last clone of the state).
+    pub sealer: audit::sealer::Sealer,
 }
 
 /// The JWT issuer every access token names.
@@ -82,6 +84,7 @@ impl AppState {
         cache.listen(pool.clone());
         Ok(Self {
             cache,
+            sealer: audit::sealer::Sealer::spawn(pool.clone()),
             control: ControlState {
                 service: SERVICE,
                 version: config.version.clone(),

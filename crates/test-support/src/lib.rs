@@ -511,6 +511,29 @@ impl TestApp {
         builderos_shared::db::connect_lazy(&self.db.superuser_url, 4)
             .unwrap_or_else(|e| panic!("bad url: {e}"))
     }
+
+    /// Seals every journaled audit event into its chain, and waits for sealers that hold a
+    /// chain to commit, so that a test reading `audit_events` directly sees every event
+    /// committed before. (The API's own reads of the trail seal by themselves.)
+    ///
+    /// # Panics
+    /// On database errors.
+    pub async fn seal_audit(&self) {
+        let su = self.superuser_pool();
+        loop {
+            builderos_api::audit::sealer::seal_all(&self.pool)
+                .await
+                .unwrap_or_else(|e| panic!("seal: {e}"));
+            let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_journal")
+                .fetch_one(&su)
+                .await
+                .unwrap_or_else(|e| panic!("journal: {e}"));
+            if waiting == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// Reads a SessionTokens body.

@@ -2,13 +2,15 @@
 //! makes the change, so the change and its event commit or roll back together.
 //!
 //! Events are hash-chained per org (org-less platform events — sign-up, sign-in — form their
-//! own chain): the writer locks the chain's head row, so concurrent writers in one org still
-//! produce one gapless sequence, and `hash = SHA-256(canonical JSON of the event including
-//! prev_hash)`.
+//! own chain), `hash = SHA-256(canonical JSON of the event including prev_hash)`. The writer
+//! puts the event in the journal with the change; [`sealer`] then gives it its place in the
+//! chain — one sealer per chain at a time, so concurrent writers in one org still produce one
+//! gapless sequence.
 
 pub mod export;
 pub mod query;
 pub mod retention;
+pub mod sealer;
 pub mod store;
 pub mod verify;
 
@@ -458,12 +460,12 @@ fn truncate(s: Option<&str>, max: usize) -> Option<String> {
 }
 
 /// Records `event` in the caller's transaction, for `org`'s chain (the platform chain when
-/// `org` is None). It joins the chain — gets its `seq` and hash — when that transaction
-/// commits, so it is not yet in `audit_events` when read back inside the transaction.
+/// `org` is None): it commits or rolls back with the change. It joins the chain — gets its
+/// `seq` and hash — when it is sealed after the commit ([`sealer`]), so it is not in
+/// `audit_events` when read back inside the transaction; every read of the trail seals first.
 ///
 /// # Errors
-/// Database errors, here or at the caller's commit (appending happens there); either way the
-/// transaction rolls back with the change.
+/// Database errors; the transaction then rolls back with the change.
 pub async fn record(
     conn: &mut PgConnection,
     org: Option<Uuid>,
@@ -508,12 +510,10 @@ pub async fn record(
         prev_hash: "",
     };
     let [before_prev, before_seq, after_seq] = fields.canonical_split();
-    // The event waits in `audit_pending` and is appended to its chain when this transaction
-    // commits (migration 0009): the chain's head is locked only inside the commit, so one
-    // org's writers don't queue behind each other's round trips. A rollback drops it with
-    // the change.
+    // The event waits in the journal, durable with the change, until a sealer appends it to
+    // its chain (migration 0012): no head lock and no chain work in the change's transaction.
     sqlx::query(
-        "INSERT INTO audit_pending (chain_id, id, org_id, occurred_at, actor_type, actor_id, \
+        "INSERT INTO audit_journal (chain_id, id, org_id, occurred_at, actor_type, actor_id, \
          actor_name, auth_method, action, target_type, target_id, outcome, request_id, \
          client_addr, user_agent, detail, before_prev, before_seq, after_seq) \
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)",
@@ -539,6 +539,7 @@ pub async fn record(
     .bind(after_seq)
     .execute(&mut *conn)
     .await?;
+    sealer::wanted();
     Ok(())
 }
 

@@ -51,7 +51,9 @@ pub async fn prune_org(
         .bind(org.to_string())
         .execute(&mut *tx)
         .await?;
-    // Writers of this org wait until pruning commits.
+    // Everything committed so far joins the chain, whose head stays locked until pruning
+    // commits: sealers of this org wait.
+    super::sealer::seal(&mut tx, Some(org)).await?;
     sqlx::query("SELECT seq FROM audit_heads WHERE chain_id = $1 FOR UPDATE")
         .bind(org)
         .fetch_optional(&mut *tx)

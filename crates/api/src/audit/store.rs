@@ -1,6 +1,8 @@
 //! Reading the trail: pages of events newest-first (queries, exports) or oldest-first
 //! (verification), each page in its own short org-scoped transaction so that exports and
 //! verification of millions of events never hold a transaction open or buffer the trail.
+//! A read that starts at the newest event first seals the org's journaled events, so it sees
+//! every event committed before it.
 
 use builderos_shared::db::{self, Scope};
 use sqlx::{PgPool, Postgres, QueryBuilder};
@@ -10,7 +12,8 @@ use super::query::Filter;
 use super::verify::{ChainVerifier, Report};
 use super::{EVENT_COLUMNS, StoredEvent};
 
-/// Events of `org` matching `filter`, newest first, with `seq < before` when given.
+/// Events of `org` matching `filter`, newest first, with `seq < before` when given (else
+/// the org's journal is sealed first).
 ///
 /// # Errors
 /// Database errors.
@@ -22,6 +25,9 @@ pub async fn page_desc(
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let mut tx = db::begin(pool, &Scope::org(org)).await?;
+    if before.is_none() {
+        super::sealer::seal(&mut tx, Some(org)).await?;
+    }
     let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "SELECT {EVENT_COLUMNS} FROM audit_events WHERE org_id = "
     ));
@@ -79,11 +85,14 @@ pub async fn anchor(pool: &PgPool, org: Uuid) -> Result<Option<(i64, String)>, s
 /// Events fetched per round trip when walking a whole chain.
 pub const BATCH: i64 = 5000;
 
-/// Recomputes `org`'s whole chain from its anchor.
+/// Recomputes `org`'s whole chain from its anchor (after sealing its journal).
 ///
 /// # Errors
 /// Database errors.
 pub async fn verify_org(pool: &PgPool, org: Uuid) -> Result<Report, sqlx::Error> {
+    let mut tx = db::begin(pool, &Scope::org(org)).await?;
+    super::sealer::seal(&mut tx, Some(org)).await?;
+    tx.commit().await?;
     let mut verifier = ChainVerifier::complete(anchor(pool, org).await?);
     // Walk from the very start: events at or below the anchor that should have been pruned
     // show up as breaks too. The next page is fetched while this one is hashed.
