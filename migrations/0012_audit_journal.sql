@@ -11,8 +11,8 @@
 -- the heads of the chains it seals, takes their journal rows in order, gives each the next
 -- `seq`, chains its hash to the one before, inserts the sealed events, removes them from the
 -- journal and moves the heads — in one statement, so an event is in exactly one of the two
--- tables. Every API replica runs a sealer (crates/api/src/audit/sealer.rs) that seals a
--- few milliseconds after its own writes and polls for others'; every read of the trail
+-- tables. Every API replica runs a sealer (crates/api/src/audit/sealer.rs) that seals its
+-- own writes about 100 ms after them and polls for others' every second; every read of the trail
 -- (query, export, verify, retention) first seals the org it reads, so readers never see a
 -- trail without the changes already committed.
 --
@@ -22,8 +22,9 @@
 -- the app sends the bytes around the two chain fields as before.
 --
 -- The app's role may only INSERT into the journal: it can't read, change or remove an event
--- waiting there, and it no longer writes `audit_heads` at all. `audit_seal` is SECURITY
--- DEFINER: it runs as the schema owner, a member of `builderos_maintenance`.
+-- waiting there, and it no longer writes `audit_heads` or `audit_events` at all (it reads
+-- them). `audit_seal` is SECURITY DEFINER: it runs as the schema owner, a member of
+-- `builderos_maintenance`.
 
 CREATE TABLE audit_journal (
     id           uuid NOT NULL,
@@ -86,11 +87,13 @@ CREATE AGGREGATE audit_chain(text, bytea, bytea, bigint, bytea) (
 CREATE FUNCTION audit_seal(p_chain uuid) RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+-- pg_temp last: a caller's temporary tables must never stand in for these.
+SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_chains uuid[];
     v_locked uuid[];
+    v_chain  uuid;
     v_sealed integer;
 BEGIN
     SELECT array_agg(DISTINCT chain_id ORDER BY chain_id) INTO v_chains
@@ -118,42 +121,57 @@ BEGIN
     -- One statement, after the locks (a fresh snapshot: what an earlier holder sealed is
     -- gone): take the chains' journal rows, number them after their heads in id order (ids
     -- are time-ordered), chain their hashes, insert them sealed, move the heads.
-    WITH taken AS (
-        DELETE FROM audit_journal WHERE chain_id = ANY (v_locked) RETURNING *
-    ), numbered AS (
-        SELECT t.*, h.hash AS head_hash,
-               h.seq + row_number() OVER (PARTITION BY t.chain_id ORDER BY t.id) AS new_seq
-          FROM taken t JOIN audit_heads h ON h.chain_id = t.chain_id
-    ), chained AS (
-        SELECT n.*,
-               audit_chain(n.head_hash, n.before_prev, n.before_seq, n.new_seq, n.after_seq)
-                   OVER (PARTITION BY n.chain_id ORDER BY n.new_seq) AS new_hash
-          FROM numbered n
-    ), sealed AS (
-        INSERT INTO audit_events (id, org_id, seq, occurred_at, actor_type, actor_id, actor_name,
-            auth_method, action, target_type, target_id, outcome, request_id, client_addr,
-            user_agent, detail, prev_hash, hash)
-        SELECT c.id, c.org_id, c.new_seq, c.occurred_at, c.actor_type, c.actor_id, c.actor_name,
-               c.auth_method, c.action, c.target_type, c.target_id, c.outcome, c.request_id,
-               c.client_addr, c.user_agent, c.detail,
-               coalesce(lag(c.new_hash) OVER (PARTITION BY c.chain_id ORDER BY c.new_seq),
-                        c.head_hash),
-               c.new_hash
-          FROM chained c
-        RETURNING coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid) AS chain_id,
-                  seq, prev_hash, hash
-    ), moved AS (
-        UPDATE audit_heads h SET seq = l.seq, prev_hash = l.prev_hash, hash = l.hash
-          FROM (SELECT DISTINCT ON (chain_id) chain_id, seq, prev_hash, hash
-                  FROM sealed ORDER BY chain_id, seq DESC) AS l
-         WHERE h.chain_id = l.chain_id
-    )
-    SELECT count(*) INTO v_sealed FROM sealed;
+    BEGIN
+        WITH taken AS (
+            DELETE FROM audit_journal WHERE chain_id = ANY (v_locked) RETURNING *
+        ), numbered AS (
+            SELECT t.*, h.hash AS head_hash,
+                   h.seq + row_number() OVER (PARTITION BY t.chain_id ORDER BY t.id) AS new_seq
+              FROM taken t JOIN audit_heads h ON h.chain_id = t.chain_id
+        ), chained AS (
+            SELECT n.*,
+                   audit_chain(n.head_hash, n.before_prev, n.before_seq, n.new_seq, n.after_seq)
+                       OVER (PARTITION BY n.chain_id ORDER BY n.new_seq) AS new_hash
+              FROM numbered n
+        ), sealed AS (
+            INSERT INTO audit_events (id, org_id, seq, occurred_at, actor_type, actor_id, actor_name,
+                auth_method, action, target_type, target_id, outcome, request_id, client_addr,
+                user_agent, detail, prev_hash, hash)
+            SELECT c.id, c.org_id, c.new_seq, c.occurred_at, c.actor_type, c.actor_id, c.actor_name,
+                   c.auth_method, c.action, c.target_type, c.target_id, c.outcome, c.request_id,
+                   c.client_addr, c.user_agent, c.detail,
+                   coalesce(lag(c.new_hash) OVER (PARTITION BY c.chain_id ORDER BY c.new_seq),
+                            c.head_hash),
+                   c.new_hash
+              FROM chained c
+            RETURNING coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid) AS chain_id,
+                      seq, prev_hash, hash
+        ), moved AS (
+            UPDATE audit_heads h SET seq = l.seq, prev_hash = l.prev_hash, hash = l.hash
+              FROM (SELECT DISTINCT ON (chain_id) chain_id, seq, prev_hash, hash
+                      FROM sealed ORDER BY chain_id, seq DESC) AS l
+             WHERE h.chain_id = l.chain_id
+        )
+        SELECT count(*) INTO v_sealed FROM sealed;
+    EXCEPTION WHEN unique_violation OR check_violation OR not_null_violation THEN
+        -- A row that can't be sealed (only a forged one can: a duplicate id, or an event
+        -- put in the chain by other means) must not hold back other chains: seal them one
+        -- by one. Its own chain stays unsealed, and says why, until someone looks.
+        IF cardinality(v_locked) = 1 THEN
+            RAISE WARNING 'audit chain % cannot be sealed: %', v_locked[1], SQLERRM;
+            RETURN 0;
+        END IF;
+        v_sealed := 0;
+        FOREACH v_chain IN ARRAY v_locked LOOP
+            v_sealed := v_sealed + audit_seal(v_chain);  -- locked by this transaction already
+        END LOOP;
+    END;
     RETURN v_sealed;
 END
 $$;
 REVOKE ALL ON FUNCTION audit_seal FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit_chain_step FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit_chain(text, bytea, bytea, bigint, bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_seal TO builderos_app, builderos_maintenance;
 
 -- The commit-time append is gone; so is its table (unlogged, and empty outside a committing
@@ -161,5 +179,7 @@ GRANT EXECUTE ON FUNCTION audit_seal TO builderos_app, builderos_maintenance;
 DROP TABLE audit_pending;
 DROP FUNCTION audit_pending_append();
 
--- Heads are moved by sealing (as the owner) and by retention (as maintenance) only.
+-- Heads are moved, and events put in their chains, by sealing (as the owner) and retention
+-- (as maintenance) only: the app reads the trail and adds to the journal, nothing else.
 REVOKE INSERT, UPDATE ON audit_heads FROM builderos_app;
+REVOKE INSERT ON audit_events FROM builderos_app;

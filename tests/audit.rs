@@ -883,12 +883,16 @@ async fn events_wait_in_the_journal_until_sealed() {
         "UPDATE audit_journal SET action = 'x'",
         "DELETE FROM audit_journal",
         "UPDATE audit_heads SET seq = 0",
+        "INSERT INTO audit_heads (chain_id, seq, hash) VALUES (gen_random_uuid(), 0, '')",
+        "INSERT INTO audit_events (id, org_id, seq, occurred_at, actor_type, action, outcome, \
+         prev_hash, hash) VALUES (gen_random_uuid(), app_org_id(), 1000, now(), 'system', 'x', \
+         'success', '', '')",
     ] {
         let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
         let err = sqlx::query(sql)
             .execute(&mut *tx)
             .await
-            .expect_err("the app can't touch waiting events or heads");
+            .expect_err("the app can't touch waiting events, heads or the chain");
         assert!(
             err.to_string().contains("permission denied"),
             "{sql}: {err}"
@@ -907,7 +911,7 @@ async fn events_wait_in_the_journal_until_sealed() {
     assert_eq!(count(journaled).await, 0);
     let mut conn = pool.acquire().await.expect("conn");
     assert_eq!(
-        sealer::seal(&mut conn, Some(org)).await.expect("seal"),
+        sealer::seal(&mut *conn, Some(org)).await.expect("seal"),
         0,
         "nothing left"
     );
@@ -938,6 +942,123 @@ async fn events_wait_in_the_journal_until_sealed() {
         .await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["checked"], before + 2);
+}
+
+/// Sealing runs as the schema owner: a caller's temporary tables named like the audit tables
+/// must not stand in for them (they would come first on an unqualified name).
+#[tokio::test]
+async fn sealing_ignores_the_callers_temporary_tables() {
+    use builderos_api::audit::{self, AuditContext, Event, sealer, store};
+    use builderos_shared::db::{self, Scope};
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let org: uuid::Uuid = app.create_org(&alice, "acme").await.parse().expect("uuid");
+    app.seal_audit().await;
+    let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
+    let event = Event::success("project.rename", "project", uuid::Uuid::now_v7());
+    audit::record(&mut tx, Some(org), &AuditContext::system(), event)
+        .await
+        .expect("record");
+    tx.commit().await.expect("commit");
+
+    let mut conn = app.pool.acquire().await.expect("conn").detach();
+    sqlx::raw_sql(
+        "CREATE TEMP TABLE audit_events (LIKE public.audit_events); \
+         CREATE TEMP TABLE audit_heads (LIKE public.audit_heads)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("temporary tables");
+    sealer::seal(&mut conn, Some(org)).await.expect("seal");
+    let shadowed: i64 =
+        sqlx::query_scalar("SELECT (SELECT count(*) FROM pg_temp.audit_events) + (SELECT count(*) FROM pg_temp.audit_heads)")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+    assert_eq!(
+        shadowed, 0,
+        "sealing wrote to the caller's temporary tables"
+    );
+    sqlx::Connection::close(conn).await.expect("close");
+
+    app.seal_audit().await;
+    let (last,): (String,) = sqlx::query_as(
+        "SELECT action FROM audit_events WHERE org_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(org)
+    .fetch_one(&app.superuser_pool())
+    .await
+    .expect("last");
+    assert_eq!(last, "project.rename");
+    let report = store::verify_org(&app.pool, org).await.expect("verify");
+    assert!(report.ok, "{:?}", report.first_broken_seq);
+}
+
+/// A journaled event that can't be sealed (here: forged with the id of an event already in
+/// the chain) stops its own chain, visibly, and no other: other orgs' events are still sealed
+/// by the background sealer, and readers of the stuck org still get an answer.
+#[tokio::test]
+async fn an_unsealable_event_holds_back_only_its_chain() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let stuck = app.create_org(&alice, "stuck").await;
+    let fine = app.create_org(&alice, "fine").await;
+    app.seal_audit().await;
+    let su = app.superuser_pool();
+    sqlx::query(
+        "INSERT INTO audit_journal (id, chain_id, org_id, occurred_at, actor_type, action, \
+           outcome, detail, before_prev, before_seq, after_seq) \
+         SELECT e.id, e.org_id, e.org_id, now(), 'system', 'forged', 'success', '{}', '', '', '' \
+           FROM audit_events e WHERE e.org_id = $1::uuid AND e.seq = 1",
+    )
+    .bind(&stuck)
+    .execute(&su)
+    .await
+    .expect("forge");
+    // Another org's change is sealed in the background meanwhile.
+    let (status, _) = app
+        .post_as(
+            &format!("/v1/orgs/{fine}/projects"),
+            Some(&alice.access),
+            json!({"slug": "web", "name": "Web"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sealed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM audit_events WHERE org_id = $1::uuid AND action = 'project.create'",
+        )
+        .bind(&fine)
+        .fetch_one(&su)
+        .await
+        .expect("count");
+        if sealed == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other org's event was never sealed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The stuck org's trail still answers (without the forged event), and the event waits.
+    let (status, page) = app
+        .get_as(&format!("/v1/orgs/{stuck}/audit/events"), &alice.access)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().all(|e| e["action"] != "forged"))
+    );
+    let waiting: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_journal WHERE org_id = $1::uuid")
+            .bind(&stuck)
+            .fetch_one(&su)
+            .await
+            .expect("count");
+    assert_eq!(waiting, 1);
 }
 
 /// With no reader asking, the background sealer seals what was committed by itself.
@@ -1004,7 +1125,7 @@ async fn concurrent_writers_and_sealers_make_one_chain() {
                 let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
                 barrier.wait().await;
                 for _ in 0..5 {
-                    sealer::seal(&mut tx, Some(org)).await.expect("seal");
+                    sealer::seal(&mut *tx, Some(org)).await.expect("seal");
                     tokio::task::yield_now().await;
                 }
                 tx.commit().await.expect("commit");

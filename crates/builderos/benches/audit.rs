@@ -223,7 +223,7 @@ async fn drain(pool: &PgPool, orgs: impl Iterator<Item = Uuid>) -> Duration {
     let t = Instant::now();
     let mut conn = pool.acquire().await.expect("conn");
     for org in orgs {
-        audit::sealer::seal(&mut conn, Some(org))
+        audit::sealer::seal(&mut *conn, Some(org))
             .await
             .expect("seal");
     }

@@ -520,6 +520,7 @@ impl TestApp {
     /// On database errors.
     pub async fn seal_audit(&self) {
         let su = self.superuser_pool();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             builderos_api::audit::sealer::seal_all(&self.pool)
                 .await
@@ -531,6 +532,10 @@ impl TestApp {
             if waiting == 0 {
                 return;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{waiting} audit events still wait in the journal"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }

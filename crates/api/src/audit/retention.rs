@@ -53,7 +53,7 @@ pub async fn prune_org(
         .await?;
     // Everything committed so far joins the chain, whose head stays locked until pruning
     // commits: sealers of this org wait.
-    super::sealer::seal(&mut tx, Some(org)).await?;
+    super::sealer::seal(&mut *tx, Some(org)).await?;
     sqlx::query("SELECT seq FROM audit_heads WHERE chain_id = $1 FOR UPDATE")
         .bind(org)
         .fetch_optional(&mut *tx)

@@ -7,14 +7,15 @@
 //!
 //! Every API replica runs a background [`Sealer`]: woken by its own writes, it waits
 //! [`BATCH_WINDOW`] so that concurrent requests' events share a batch (and their commits land),
-//! then seals until the journal is empty; every [`POLL`] it also seals what other processes
-//! wrote (the CLI's pruning, a replica that stopped). Readers don't depend on it: every read of
-//! the trail seals the org it reads first ([`seal`]).
+//! then seals until the journal is empty; every [`POLL`] it also seals what it wasn't woken
+//! for (a commit that landed after the window, the CLI's pruning, a replica that stopped).
+//! Readers don't depend on it: every read of the trail seals the org it reads first
+//! ([`seal`]).
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -37,15 +38,19 @@ pub fn wanted() {
 }
 
 /// Seals every journaled event of `org`'s chain (the platform chain when None), waiting for
-/// a sealer that holds it. Readers call it first, in their own transaction or not, so that
-/// they see every event committed before.
+/// a sealer that holds it. Readers call it first, so that they see every event committed
+/// before; on its own (autocommit) so that the chain's lock is held only while sealing, or
+/// inside a transaction that means to keep the chain still (pruning).
 ///
 /// # Errors
 /// Database errors.
-pub async fn seal(conn: &mut PgConnection, org: Option<Uuid>) -> Result<u64, sqlx::Error> {
+pub async fn seal<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    org: Option<Uuid>,
+) -> Result<u64, sqlx::Error> {
     let n: i32 = sqlx::query_scalar("SELECT audit_seal($1)")
         .bind(org.unwrap_or(super::PLATFORM_CHAIN))
-        .fetch_one(&mut *conn)
+        .fetch_one(executor)
         .await?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
@@ -106,9 +111,11 @@ async fn run(pool: PgPool, wake: Weak<Notify>) {
                     metrics::counter!("builderos_audit_sealed_events_total").increment(n);
                 }
                 Err(e) => {
-                    if !matches!(e, sqlx::Error::PoolClosed) {
-                        tracing::warn!(error = %e, "audit sealer failed; retrying");
+                    if matches!(e, sqlx::Error::PoolClosed) {
+                        return;
                     }
+                    tracing::warn!(error = %e, "audit sealer failed; retrying in a second");
+                    tokio::time::sleep(POLL).await;
                     break;
                 }
             }

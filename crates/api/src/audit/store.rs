@@ -24,10 +24,10 @@ pub async fn page_desc(
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let mut tx = db::begin(pool, &Scope::org(org)).await?;
     if before.is_none() {
-        super::sealer::seal(&mut tx, Some(org)).await?;
+        super::sealer::seal(pool, Some(org)).await?;
     }
+    let mut tx = db::begin(pool, &Scope::org(org)).await?;
     let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "SELECT {EVENT_COLUMNS} FROM audit_events WHERE org_id = "
     ));
@@ -90,9 +90,7 @@ pub const BATCH: i64 = 5000;
 /// # Errors
 /// Database errors.
 pub async fn verify_org(pool: &PgPool, org: Uuid) -> Result<Report, sqlx::Error> {
-    let mut tx = db::begin(pool, &Scope::org(org)).await?;
-    super::sealer::seal(&mut tx, Some(org)).await?;
-    tx.commit().await?;
+    super::sealer::seal(pool, Some(org)).await?;
     let mut verifier = ChainVerifier::complete(anchor(pool, org).await?);
     // Walk from the very start: events at or below the anchor that should have been pruned
     // show up as breaks too. The next page is fetched while this one is hashed.
