@@ -296,15 +296,18 @@ async fn profile(admin: &PgPool) {
     for (name, calls, total, own) in rows {
         println!("    {name:<20} calls {calls:>7}  total {total:>9.1} ms  self {own:>9.1} ms");
     }
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT relname::text, seq_scan, seq_tup_read, coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, seq_scan, seq_tup_read, coalesce(idx_scan, 0), n_tup_upd, n_tup_hot_upd \
+           FROM pg_stat_user_tables \
           WHERE relname IN ('runs', 'run_steps', 'jobs', 'step_attempts', 'artifacts', 'run_events') ORDER BY relname",
     )
     .fetch_all(admin)
     .await
     .expect("table stats");
-    for (name, seq, seq_rows, idx) in rows {
-        println!("    {name:<20} seq scans {seq:>7} ({seq_rows:>10} rows)  index scans {idx:>9}");
+    for (name, seq, seq_rows, idx, upd, hot) in rows {
+        println!(
+            "    {name:<20} seq scans {seq:>7} ({seq_rows:>10} rows)  index scans {idx:>9}  updates {upd:>8} ({hot:>8} HOT)"
+        );
     }
     sqlx::query("SELECT pg_stat_reset()")
         .execute(admin)
