@@ -79,14 +79,11 @@ impl Sealer {
     #[must_use]
     pub fn spawn(pool: PgPool) -> Self {
         let wake = Arc::new(Notify::new());
-        SEALERS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|w| w.strong_count() > 0);
-        SEALERS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::downgrade(&wake));
+        {
+            let mut sealers = SEALERS.lock().unwrap_or_else(PoisonError::into_inner);
+            sealers.retain(|w| w.strong_count() > 0);
+            sealers.push(Arc::downgrade(&wake));
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(run(pool, Arc::downgrade(&wake)));
         }
