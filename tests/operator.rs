@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use builderos_operator::artifacts::{ArtifactStore, LocalStore};
 use builderos_operator::pipeline::{self, Definition, Format};
 use builderos_operator::processors::contract::Mode;
 use builderos_operator::scheduler;
@@ -206,18 +207,18 @@ async fn runs_a_dag_passing_outputs_and_writes_receipts_and_artifacts() {
         );
     }
 
-    // Artifacts are on disk with the recorded hashes, receipt.json beside the outputs.
+    // Artifacts are in the store under the recorded hashes, receipt.json beside the outputs.
     let artifacts: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT path, sha256, size FROM artifacts WHERE run_id = $1 ORDER BY path")
             .bind(run)
             .fetch_all(&admin)
             .await
             .expect("artifacts");
-    let root = builderos_test_support::test_config()
-        .artifacts_dir
-        .join(t.org.to_string());
+    let store = LocalStore::new(builderos_test_support::test_config().artifacts_dir);
     for (path, sha, size) in &artifacts {
-        let bytes = std::fs::read(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let bytes = store
+            .get(t.org, sha)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(bytes.len() as i64, *size, "{path}");
         assert_eq!(&builderos_canon::sha256_hex(&bytes), sha, "{path}");
     }

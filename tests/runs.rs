@@ -722,7 +722,7 @@ async fn viewers_read_everything_and_change_nothing() {
     let path = format!("runs/{run_id}/a/1/report.txt");
     // The app's store: test apps keep artifacts beside the test cluster.
     let stored = LocalStore::new(builderos_test_support::test_config().artifacts_dir)
-        .put(w.org.parse().expect("org id"), &path, b"hello artifact")
+        .put(w.org.parse().expect("org id"), b"hello artifact")
         .expect("put");
     let su = w.app.superuser_pool();
     sqlx::query(

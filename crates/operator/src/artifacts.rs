@@ -1,11 +1,15 @@
-//! Where step outputs, indexes and receipts are kept: an [`ArtifactStore`] per deployment,
-//! [`LocalStore`] on a local disk.
+//! Where step outputs, indexes and receipts are kept: an [`ArtifactStore`] of content-addressed
+//! blobs per org, [`LocalStore`] on a local disk.
 //!
-//! Paths are the contract's canonical relative paths (see
-//! [`crate::processors::contract::canonical_path`]); anything else is refused before the file
-//! system sees it. The API is blocking; async callers wrap it in `spawn_blocking`.
+//! A run's artifacts have logical paths — a step attempt's outputs and its `index.json` and
+//! `receipt.json` side by side under `runs/<run>/<step>/<attempt>/` — recorded in the
+//! `artifacts` table with each file's SHA-256 and size. The store keeps the bytes under that
+//! digest, so what a path names can never change after it was recorded (a racing second
+//! attempt writes its own blobs, it cannot overwrite the first one's), equal bytes are kept once
+//! per org, and storing a step's files needs no directories of its own.
+//!
+//! The API is blocking; async callers wrap it in `spawn_blocking`.
 
-use crate::processors::contract::canonical_path;
 use std::fmt::Debug;
 use std::fs;
 use std::io::{self, ErrorKind, Write as _};
@@ -14,31 +18,31 @@ use uuid::Uuid;
 
 /// What a `put` stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredArtifact {
-    /// The relative path, as given.
-    pub path: String,
-    /// Lowercase hex SHA-256 of the bytes.
+pub struct Blob {
+    /// Lowercase hex SHA-256 of the bytes: the blob's name in the store.
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
 }
 
-/// Stores artifacts per org.
+/// Stores blobs per org, named by their SHA-256.
 pub trait ArtifactStore: Send + Sync + Debug {
-    /// Stores `bytes` at `path` for `org`, replacing what was there atomically: readers see the
-    /// old bytes or the new ones, never a mix. The bytes are durable once [`ArtifactStore::sync`]
-    /// returns (the worker syncs once per batch of results, before recording them).
+    /// Stores `bytes` for `org` under their digest; bytes already stored are not written again.
+    /// Readers never see a partly written blob. The bytes are durable once
+    /// [`ArtifactStore::sync`] returns (the worker syncs once per batch of results, before
+    /// recording them).
     ///
     /// # Errors
-    /// `InvalidInput` for a path that is not a canonical relative path; `PermissionDenied` when
-    /// a component is a symlink; any I/O error.
-    fn put(&self, org: Uuid, path: &str, bytes: &[u8]) -> io::Result<StoredArtifact>;
+    /// `PermissionDenied` when a directory of the store is a symlink; any I/O error.
+    fn put(&self, org: Uuid, bytes: &[u8]) -> io::Result<Blob>;
 
-    /// The bytes at `path` for `org`.
+    /// The bytes stored for `org` under `sha256`, checked against it.
     ///
     /// # Errors
-    /// As [`ArtifactStore::put`]; `NotFound` when nothing is stored there.
-    fn get(&self, org: Uuid, path: &str) -> io::Result<Vec<u8>>;
+    /// `InvalidInput` for a name that is not a lowercase hex SHA-256; `NotFound` when nothing
+    /// is stored under it for this org; `InvalidData` when the stored bytes no longer match it;
+    /// `PermissionDenied` for a symlink; any I/O error.
+    fn get(&self, org: Uuid, sha256: &str) -> io::Result<Vec<u8>>;
 
     /// Makes everything stored so far durable.
     ///
@@ -46,20 +50,17 @@ pub trait ArtifactStore: Send + Sync + Debug {
     /// The I/O error of the flush.
     fn sync(&self) -> io::Result<()>;
 
-    /// Stores several files for `org` (one step attempt's outputs, index and receipt); the same
-    /// as a `put` of each, which is what the default does.
+    /// Stores several blobs for `org` (one step attempt's outputs, index and receipt), in order;
+    /// the same as a `put` of each, which is what the default does.
     ///
     /// # Errors
-    /// As [`ArtifactStore::put`]; files before the failing one stay stored.
-    fn put_all(&self, org: Uuid, files: &[(&str, &[u8])]) -> io::Result<Vec<StoredArtifact>> {
-        files
-            .iter()
-            .map(|(path, bytes)| self.put(org, path, bytes))
-            .collect()
+    /// As [`ArtifactStore::put`]; blobs before the failing one stay stored.
+    fn put_all(&self, org: Uuid, blobs: &[&[u8]]) -> io::Result<Vec<Blob>> {
+        blobs.iter().map(|bytes| self.put(org, bytes)).collect()
     }
 }
 
-/// Artifacts under `<root>/<org>/<path>` on a local file system.
+/// Blobs under `<root>/<org>/sha256/<first two hex digits>/<digest>` on a local file system.
 ///
 /// Symlinks below the root are refused on every component, so a planted link cannot lead a
 /// write or read outside the org's directory. The check and the use are separate system calls:
@@ -82,22 +83,31 @@ impl LocalStore {
         &self.root
     }
 
-    /// The directory holding `path`'s file and the file name, every component checked.
-    fn locate<'p>(&self, org: Uuid, path: &'p str, create: bool) -> io::Result<(PathBuf, &'p str)> {
-        check_path(path)?;
-        let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
-        if create {
-            fs::create_dir_all(&self.root)?;
-        }
+    /// Where the blob named `sha256` of `org` lives (not checked).
+    #[must_use]
+    pub fn blob_path(&self, org: Uuid, sha256: &str) -> PathBuf {
+        let fan = sha256.get(..2).unwrap_or("");
+        self.root
+            .join(org.to_string())
+            .join("sha256")
+            .join(fan)
+            .join(sha256)
+    }
+
+    /// The directory holding `sha256`'s blob, every component below the root checked (and
+    /// created when `create`).
+    fn locate(&self, org: Uuid, sha256: &str, create: bool) -> io::Result<PathBuf> {
         let mut dir = self.root.clone();
         let org = org.to_string();
-        let components =
-            std::iter::once(org.as_str()).chain(dirs.split('/').filter(|s| !s.is_empty()));
-        for component in components {
+        let fan = sha256.get(..2).unwrap_or("");
+        for component in [org.as_str(), "sha256", fan] {
             dir.push(component);
             match fs::symlink_metadata(&dir) {
                 Ok(meta) => ensure_real_dir(&dir, &meta)?,
                 Err(e) if e.kind() == ErrorKind::NotFound && create => {
+                    if component == org {
+                        fs::create_dir_all(&self.root)?;
+                    }
                     match fs::create_dir(&dir) {
                         Ok(()) => {}
                         // Another writer made it first; check what it made.
@@ -110,46 +120,51 @@ impl LocalStore {
                 Err(e) => return Err(e),
             }
         }
-        Ok((dir, name))
+        Ok(dir)
     }
 }
 
 impl ArtifactStore for LocalStore {
-    fn put(&self, org: Uuid, path: &str, bytes: &[u8]) -> io::Result<StoredArtifact> {
-        let (dir, name) = self.locate(org, path, true)?;
-        write_atomic(&dir, name, path, bytes)
-    }
-
-    /// Checks (and creates) each distinct directory once for the whole set.
-    fn put_all(&self, org: Uuid, files: &[(&str, &[u8])]) -> io::Result<Vec<StoredArtifact>> {
-        let mut checked: Option<(String, PathBuf)> = None;
-        let mut stored = Vec::with_capacity(files.len());
-        for (path, bytes) in files {
-            let parent = path.rsplit_once('/').map_or("", |(d, _)| d);
-            let dir = match &checked {
-                Some((p, dir)) if p == parent => {
-                    check_path(path)?;
-                    dir.clone()
-                }
-                _ => {
-                    let (dir, _) = self.locate(org, path, true)?;
-                    checked = Some((parent.to_owned(), dir.clone()));
-                    dir
-                }
-            };
-            let name = path.rsplit_once('/').map_or(*path, |(_, n)| n);
-            stored.push(write_atomic(&dir, name, path, bytes)?);
+    fn put(&self, org: Uuid, bytes: &[u8]) -> io::Result<Blob> {
+        let blob = Blob {
+            sha256: builderos_canon::sha256_hex(bytes),
+            size: bytes.len() as u64,
+        };
+        let dir = self.locate(org, &blob.sha256, true)?;
+        let target = dir.join(&blob.sha256);
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if meta.file_type().is_symlink() => return Err(symlink(&target)),
+            // Stored before. (A blob cut short by a crash before its sync has the wrong size:
+            // it is written again.)
+            Ok(meta) if meta.is_file() && meta.len() == blob.size => return Ok(blob),
+            Ok(meta) if meta.is_dir() => {
+                return Err(io::Error::new(
+                    ErrorKind::IsADirectory,
+                    format!("`{}` is a directory", target.display()),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        Ok(stored)
+        write_atomic(&dir, &target, bytes)?;
+        Ok(blob)
     }
 
-    fn get(&self, org: Uuid, path: &str) -> io::Result<Vec<u8>> {
-        let (dir, name) = self.locate(org, path, false)?;
-        let target = dir.join(name);
+    fn get(&self, org: Uuid, sha256: &str) -> io::Result<Vec<u8>> {
+        check_digest(sha256)?;
+        let target = self.locate(org, sha256, false)?.join(sha256);
         if fs::symlink_metadata(&target)?.file_type().is_symlink() {
             return Err(symlink(&target));
         }
-        fs::read(&target)
+        let bytes = fs::read(&target)?;
+        if builderos_canon::sha256_hex(&bytes) != sha256 {
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("the blob `{}` does not match its digest", target.display()),
+            ));
+        }
+        Ok(bytes)
     }
 
     /// One `syncfs(2)` of the file system holding the root: the files and renames of every
@@ -164,48 +179,34 @@ impl ArtifactStore for LocalStore {
     }
 }
 
-/// Writes `bytes` as `dir/name` through a temporary file and a rename.
-fn write_atomic(dir: &Path, name: &str, path: &str, bytes: &[u8]) -> io::Result<StoredArtifact> {
-    let target = dir.join(name);
-    match fs::symlink_metadata(&target) {
-        Ok(meta) if meta.file_type().is_symlink() => return Err(symlink(&target)),
-        Ok(meta) if meta.is_dir() => {
-            return Err(io::Error::new(
-                ErrorKind::IsADirectory,
-                format!("artifact path `{path}` is a directory"),
-            ));
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+/// Writes `bytes` as `target` (in `dir`) through a temporary file and a rename.
+fn write_atomic(dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut suffix = [0_u8; 16];
     getrandom::fill(&mut suffix).map_err(|e| io::Error::other(e.to_string()))?;
-    let tmp = dir.join(format!(".builderos-tmp-{}", hex::encode(suffix)));
-    let written = write_new(&tmp, bytes).and_then(|()| fs::rename(&tmp, &target));
+    // (a dot name: never a digest)
+    let tmp = dir.join(format!(".tmp-{}", hex::encode(suffix)));
+    let written = write_new(&tmp, bytes).and_then(|()| fs::rename(&tmp, target));
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    Ok(StoredArtifact {
-        path: path.to_owned(),
-        sha256: builderos_canon::sha256_hex(bytes),
-        size: bytes.len() as u64,
-    })
+    Ok(())
 }
 
-/// Only paths already in canonical form: the store never reinterprets a path.
-fn check_path(path: &str) -> io::Result<()> {
-    match canonical_path(path) {
-        Ok(canonical) if canonical == path => Ok(()),
-        Ok(_) => Err(io::Error::new(
+/// Only a lowercase hex SHA-256 names a blob: anything else is refused before the file system
+/// sees it.
+fn check_digest(sha256: &str) -> io::Result<()> {
+    if sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(io::Error::new(
             ErrorKind::InvalidInput,
-            "artifact path must be in Unicode NFC",
-        )),
-        Err(reason) => Err(io::Error::new(
-            ErrorKind::InvalidInput,
-            format!("artifact path {reason}"),
-        )),
+            "a blob is named by a lowercase hex SHA-256",
+        ))
     }
 }
 
@@ -247,109 +248,141 @@ mod tests {
         (dir, store)
     }
 
-    /// Bytes land at `<root>/<org>/<path>` and read back; a second put replaces them.
+    /// Bytes land under their digest and read back; equal bytes are kept once; another org's
+    /// blob is not found; no temporary files stay behind.
     #[test]
     fn put_then_get() {
         let (_dir, store) = store();
         let org = Uuid::new_v4();
-        let stored = store.put(org, "runs/r/s/1/out.txt", b"hello").expect("put");
-        assert_eq!(stored.size, 5);
-        assert_eq!(stored.sha256, builderos_canon::sha256_hex(b"hello"));
-        let on_disk = store
-            .root()
-            .join(org.to_string())
-            .join("runs/r/s/1/out.txt");
-        assert_eq!(fs::read(on_disk).expect("read"), b"hello");
-        store.put(org, "runs/r/s/1/out.txt", b"again").expect("put");
-        assert_eq!(store.get(org, "runs/r/s/1/out.txt").expect("get"), b"again");
-        let leftovers = fs::read_dir(store.root().join(org.to_string()).join("runs/r/s/1"))
+        let blob = store.put(org, b"hello").expect("put");
+        assert_eq!(blob.size, 5);
+        assert_eq!(blob.sha256, builderos_canon::sha256_hex(b"hello"));
+        let on_disk = store.blob_path(org, &blob.sha256);
+        assert!(on_disk.ends_with(format!("sha256/{}/{}", &blob.sha256[..2], blob.sha256)));
+        assert_eq!(fs::read(&on_disk).expect("read"), b"hello");
+        assert_eq!(store.get(org, &blob.sha256).expect("get"), b"hello");
+
+        let modified = fs::metadata(&on_disk)
+            .expect("meta")
+            .modified()
+            .expect("mtime");
+        let again = store.put_all(org, &[b"hello", b"other"]).expect("put_all");
+        assert_eq!(again[0], blob);
+        assert_eq!(again[1].sha256, builderos_canon::sha256_hex(b"other"));
+        assert_eq!(
+            fs::metadata(&on_disk)
+                .expect("meta")
+                .modified()
+                .expect("mtime"),
+            modified,
+            "equal bytes are not written again"
+        );
+        let leftovers: Vec<_> = fs::read_dir(on_disk.parent().expect("dir"))
             .expect("dir")
-            .count();
-        assert_eq!(leftovers, 1, "no temp files left behind");
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            leftovers.len(),
+            1,
+            "no temp files left behind: {leftovers:?}"
+        );
+
         let other = Uuid::new_v4();
         assert_eq!(
             store
-                .get(other, "runs/r/s/1/out.txt")
+                .get(other, &blob.sha256)
                 .expect_err("other org")
                 .kind(),
             ErrorKind::NotFound
         );
     }
 
-    /// Traversal, absolute and non-canonical paths are refused before touching the disk.
+    /// A name that is not a digest is refused before touching the disk.
     #[test]
-    fn refuses_non_canonical_paths() {
+    fn refuses_names_that_are_not_digests() {
         let (_dir, store) = store();
         let org = Uuid::new_v4();
+        let upper = builderos_canon::sha256_hex(b"x").to_uppercase();
         for bad in [
             "../escape",
-            "a/../../escape",
-            "/etc/passwd",
-            "a//b",
-            "a/./b",
-            "a\\b",
-            "a/b/",
             "",
-            "nul\0byte",
-            "e\u{301}",
+            "abc",
+            upper.as_str(),
+            "g000000000000000000000000000000000000000000000000000000000000000",
+            "00/0000000000000000000000000000000000000000000000000000000000000",
         ] {
-            let err = store.put(org, bad, b"x").expect_err(bad);
-            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
             assert_eq!(
                 store.get(org, bad).expect_err(bad).kind(),
-                ErrorKind::InvalidInput
+                ErrorKind::InvalidInput,
+                "{bad:?}"
             );
         }
-        assert!(!store.root().join(org.to_string()).exists());
     }
 
-    /// A symlinked directory or file below the root is refused for writes and reads.
+    /// A blob changed on disk is reported, not served; one cut short is written again.
+    #[test]
+    fn damaged_blobs() {
+        let (_dir, store) = store();
+        let org = Uuid::new_v4();
+        let blob = store.put(org, b"the bytes").expect("put");
+        let path = store.blob_path(org, &blob.sha256);
+        fs::write(&path, b"the bytez").expect("tamper");
+        assert_eq!(
+            store.get(org, &blob.sha256).expect_err("tampered").kind(),
+            ErrorKind::InvalidData
+        );
+        fs::write(&path, b"the").expect("truncate");
+        store.put(org, b"the bytes").expect("put again");
+        assert_eq!(store.get(org, &blob.sha256).expect("get"), b"the bytes");
+    }
+
+    /// A symlinked directory or blob below the root is refused for writes and reads.
     #[cfg(unix)]
     #[test]
     fn refuses_symlinks() {
         let (dir, store) = store();
-        let org = Uuid::new_v4();
         let outside = dir.path().join("outside");
         fs::create_dir_all(&outside).expect("mkdir");
-        fs::write(outside.join("secret"), b"s").expect("write");
-        store.put(org, "ok", b"x").expect("put");
+
+        // The org's digest directory is a link to somewhere else.
+        let org = Uuid::new_v4();
+        store.put(org, b"x").expect("put");
         let org_dir = store.root().join(org.to_string());
-        std::os::unix::fs::symlink(&outside, org_dir.join("link")).expect("symlink");
-        std::os::unix::fs::symlink(outside.join("secret"), org_dir.join("file")).expect("symlink");
-        for path in ["link/secret", "link/new"] {
-            let err = store.put(org, path, b"x").expect_err(path);
-            assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{path}");
-        }
+        fs::remove_dir_all(org_dir.join("sha256")).expect("rm");
+        std::os::unix::fs::symlink(&outside, org_dir.join("sha256")).expect("symlink");
         assert_eq!(
-            store.get(org, "link/secret").expect_err("read").kind(),
+            store.put(org, b"y").expect_err("put").kind(),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(fs::read_dir(&outside).expect("dir").count(), 0);
+
+        // A blob is a link to a file outside.
+        let org = Uuid::new_v4();
+        let blob = store.put(org, b"z").expect("put");
+        let path = store.blob_path(org, &blob.sha256);
+        fs::remove_file(&path).expect("rm");
+        fs::write(outside.join("secret"), b"z").expect("write");
+        std::os::unix::fs::symlink(outside.join("secret"), &path).expect("symlink");
+        assert_eq!(
+            store.get(org, &blob.sha256).expect_err("read").kind(),
             ErrorKind::PermissionDenied
         );
         assert_eq!(
-            store.get(org, "file").expect_err("read").kind(),
+            store.put(org, b"z").expect_err("put").kind(),
             ErrorKind::PermissionDenied
         );
-        assert_eq!(
-            store.put(org, "file", b"x").expect_err("put").kind(),
-            ErrorKind::PermissionDenied
-        );
-        assert!(!outside.join("new").exists());
-        assert_eq!(fs::read(outside.join("secret")).expect("read"), b"s");
     }
 
-    /// A file where a directory is needed (and the reverse) is an error, not an overwrite.
+    /// A file where the store needs a directory is an error, not an overwrite.
     #[test]
-    fn file_and_directory_clash() {
+    fn file_where_a_directory_belongs() {
         let (_dir, store) = store();
         let org = Uuid::new_v4();
-        store.put(org, "a", b"x").expect("put");
+        fs::create_dir_all(store.root().join(org.to_string())).expect("mkdir");
+        fs::write(store.root().join(org.to_string()).join("sha256"), b"x").expect("write");
         assert_eq!(
-            store.put(org, "a/b", b"y").expect_err("clash").kind(),
+            store.put(org, b"y").expect_err("clash").kind(),
             ErrorKind::NotADirectory
-        );
-        store.put(org, "d/e", b"y").expect("put");
-        assert_eq!(
-            store.put(org, "d", b"z").expect_err("clash").kind(),
-            ErrorKind::IsADirectory
         );
     }
 }

@@ -532,6 +532,7 @@ async fn execute(
             let index_path = index_path.clone();
             let receipt_path = format!("{write_prefix}receipt.json");
             let written = tokio::task::spawn_blocking(move || {
+                // Logical paths: the receipt (and the index) beside the outputs.
                 let mut all: Vec<(&str, &[u8])> = files
                     .iter()
                     .map(|(p, b)| (p.as_str(), b.as_slice()))
@@ -541,7 +542,15 @@ async fn execute(
                     all.push((index_path.as_str(), index_bytes.as_slice()));
                 }
                 all.push((receipt_path.as_str(), receipt_bytes.as_slice()));
-                let stored = store.put_all(org_id, &all)?;
+                let blobs: Vec<&[u8]> = all.iter().map(|(_, b)| *b).collect();
+                let stored: Vec<Value> = store
+                    .put_all(org_id, &blobs)?
+                    .into_iter()
+                    .zip(&all)
+                    .map(|(blob, (path, _))| {
+                        json!({"path": path, "sha256": blob.sha256, "size": blob.size})
+                    })
+                    .collect();
                 Ok::<_, std::io::Error>((stored, files))
             })
             .await;
@@ -594,7 +603,7 @@ async fn execute(
                 "started_at": started_at,
                 "finished_at": finished_at,
                 "dependents": def.dependents(&ctx.step_id),
-                "artifacts": stored.iter().map(|a| json!({"path": a.path, "sha256": a.sha256, "size": a.size})).collect::<Vec<_>>(),
+                "artifacts": stored,
             })
         }
         Envelope::Error { error, .. } => failed_item(

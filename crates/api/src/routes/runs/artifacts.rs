@@ -109,7 +109,7 @@ async fn download_artifact(
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
     let store = state.artifacts.clone();
-    let bytes = tokio::task::spawn_blocking(move || store.get(org, &path))
+    let bytes = tokio::task::spawn_blocking(move || store.get(org, &sha256))
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(|e| {
@@ -118,6 +118,7 @@ async fn download_artifact(
                 tracing::warn!(%run, "a recorded artifact is missing from the store");
                 ApiError::not_found("artifact")
             } else {
+                // (damaged bytes are never served: the store checks them against the digest)
                 ApiError::internal(&e)
             }
         })?;
