@@ -623,10 +623,13 @@ async fn racing_completions_of_one_attempt_count_once() {
     let mine: Vec<Value> = contexts.iter().map(item).collect();
     let theirs: Vec<Value> = contexts.iter().map(item).collect();
     // The other worker records one attempt first; then both send everything at once.
-    let one = store::complete(&pool, second, &json!([theirs[0]]))
+    let one = store::complete(&pool, second, &json!([theirs[0]]).to_string())
         .await
         .expect("complete");
-    let (mine, rest) = (Value::Array(mine), Value::Array(theirs[1..].to_vec()));
+    let (mine, rest) = (
+        Value::Array(mine).to_string(),
+        Value::Array(theirs[1..].to_vec()).to_string(),
+    );
     let (a, b) = tokio::join!(
         store::complete(&pool, first, &mine),
         store::complete(&pool, second, &rest),
@@ -644,7 +647,7 @@ async fn racing_completions_of_one_attempt_count_once() {
     assert_eq!(claimed.len(), 2, "one job per run for c: {claimed:?}");
     let ids: Vec<i64> = claimed.iter().map(|c| c.job_id).collect();
     let contexts = store::started(&pool, &ids).await.expect("started");
-    let items = Value::Array(contexts.iter().map(item).collect());
+    let items = Value::Array(contexts.iter().map(item).collect()).to_string();
     let (a, b) = tokio::join!(
         store::complete(&pool, first, &items),
         store::complete(&pool, second, &items),
@@ -904,13 +907,13 @@ async fn claims_share_slots_out_and_running_counts_follow_every_change() {
         .map(|j| json!({"job": j.job_id, "noop": true}))
         .collect();
     assert_eq!(
-        store::complete(&pool, worker, &json!(done))
+        store::complete(&pool, worker, &json!(done).to_string())
             .await
             .expect("complete"),
         10
     );
     assert_eq!(
-        store::complete(&pool, worker, &json!(done))
+        store::complete(&pool, worker, &json!(done).to_string())
             .await
             .expect("again"),
         0

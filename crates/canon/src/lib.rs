@@ -15,6 +15,9 @@
 //! [`to_canonical_bytes`] produces the form; [`is_canonical`] checks that given bytes are
 //! exactly the canonical form of what they encode.
 
+use std::borrow::Cow;
+use std::io::Write as _;
+
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -109,19 +112,39 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         Value::Object(map) => {
-            // Keys are normalised before sorting so that two spellings of one key collide
-            // (and the later one wins, as serde_json's own map does for exact duplicates).
-            let mut entries: Vec<(String, &Value)> = map.iter().map(|(k, v)| (nfc(k), v)).collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            entries.dedup_by(|later, earlier| later.0 == earlier.0);
             out.push(b'{');
-            for (i, (key, item)) in entries.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+            // The map's own order is the canonical one when its keys are already NFC and
+            // strictly increasing by bytes (a BTreeMap's order; checked, not assumed).
+            let mut previous: Option<&str> = None;
+            let in_order = map.keys().all(|k| {
+                let ok = is_nfc(k) && previous.is_none_or(|p| p.as_bytes() < k.as_bytes());
+                previous = Some(k);
+                ok
+            });
+            if in_order {
+                for (i, (key, item)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_escaped(key, out);
+                    out.push(b':');
+                    write_value(item, out);
                 }
-                write_escaped(key, out);
-                out.push(b':');
-                write_value(item, out);
+            } else {
+                // Keys are normalised before sorting so that two spellings of one key collide
+                // (and the later one wins, as serde_json's own map does for exact duplicates).
+                let mut entries: Vec<(Cow<'_, str>, &Value)> =
+                    map.iter().map(|(k, v)| (nfc(k), v)).collect();
+                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                entries.dedup_by(|later, earlier| later.0 == earlier.0);
+                for (i, (key, item)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_escaped(key, out);
+                    out.push(b':');
+                    write_value(item, out);
+                }
             }
             out.push(b'}');
         }
@@ -130,16 +153,16 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
 
 fn write_number(n: &serde_json::Number, out: &mut Vec<u8>) {
     if let Some(i) = n.as_i64() {
-        out.extend_from_slice(i.to_string().as_bytes());
+        let _ = write!(out, "{i}");
     } else if let Some(u) = n.as_u64() {
-        out.extend_from_slice(u.to_string().as_bytes());
+        let _ = write!(out, "{u}");
     } else if let Some(f) = n.as_f64() {
         if f == 0.0 {
             out.push(b'0');
         } else if f.fract() == 0.0 && f.abs() < 1e15 {
             // Integral floats print as integers, so `1.0` and `1` hash alike.
             #[allow(clippy::cast_possible_truncation)]
-            out.extend_from_slice((f as i64).to_string().as_bytes());
+            let _ = write!(out, "{}", f as i64);
         } else {
             out.extend_from_slice(n.to_string().as_bytes());
         }
@@ -151,18 +174,22 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
 }
 
 fn write_escaped(s: &str, out: &mut Vec<u8>) {
-    // serde_json's string escaping is the minimal JSON escaping; reuse it.
-    match serde_json::to_vec(s) {
-        Ok(bytes) => out.extend_from_slice(&bytes),
-        Err(_) => out.extend_from_slice(b"\"\""),
+    // serde_json's string escaping is the minimal JSON escaping; reuse it. (Writing a `str`
+    // into a `Vec` cannot fail.)
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
     }
 }
 
-fn nfc(s: &str) -> String {
-    if is_nfc_quick(s.chars()) == IsNormalized::Yes {
-        s.to_owned()
+fn is_nfc(s: &str) -> bool {
+    s.is_ascii() || is_nfc_quick(s.chars()) == IsNormalized::Yes
+}
+
+fn nfc(s: &str) -> Cow<'_, str> {
+    if is_nfc(s) {
+        Cow::Borrowed(s)
     } else {
-        s.nfc().collect()
+        Cow::Owned(s.nfc().collect())
     }
 }
 
@@ -178,6 +205,22 @@ mod tests {
         assert_eq!(
             to_canonical_string(&v).expect("canonical"),
             r#"{"a":{"c":"x","d":[true,null]},"b":1}"#
+        );
+    }
+
+    /// Keys are normalised too, then sorted by bytes: a decomposed key sorts as its NFC form
+    /// (after "f", not between "e" and "f"), and two spellings of one key are one key.
+    #[test]
+    fn keys_are_nfc_and_sorted_after_normalising() {
+        let v = json!({"e\u{301}x": 1, "f": 2, "a": 3});
+        assert_eq!(
+            to_canonical_string(&v).expect("canonical"),
+            "{\"a\":3,\"f\":2,\"\u{e9}x\":1}"
+        );
+        let twice = json!({"e\u{301}": 1, "\u{e9}": 1});
+        assert_eq!(
+            to_canonical_string(&twice).expect("canonical"),
+            "{\"\u{e9}\":1}"
         );
     }
 

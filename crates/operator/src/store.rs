@@ -420,13 +420,13 @@ pub async fn snapshots(
         .await
 }
 
-/// Records a batch of attempt results (a JSON array, see `operator_complete`) in one
+/// Records a batch of attempt results (a JSON array as text, see `operator_complete`) in one
 /// transaction; returns how many were recorded (the rest had been recorded already).
 ///
 /// # Errors
-/// Database errors.
-pub async fn complete(pool: &PgPool, worker: Uuid, items: &Value) -> Result<u64, sqlx::Error> {
-    let n: i32 = sqlx::query_scalar("SELECT operator_complete($1, $2)")
+/// Database errors, among them invalid JSON.
+pub async fn complete(pool: &PgPool, worker: Uuid, items: &str) -> Result<u64, sqlx::Error> {
+    let n: i32 = sqlx::query_scalar("SELECT operator_complete($1, $2::jsonb)")
         .bind(worker)
         .bind(items)
         .fetch_one(pool)

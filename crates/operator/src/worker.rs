@@ -82,8 +82,21 @@ impl Default for WorkerConfig {
 /// A step attempt's result, waiting to be recorded.
 struct Completion {
     job: i64,
-    item: Value,
+    /// The result item for `operator_complete`, as JSON text.
+    item: String,
+    /// Whether the attempt stored artifacts (which must be synced before it is recorded).
+    stored: bool,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A dropped or no-op job's completion: deleting the job is its record.
+fn noop(job: i64, permit: Option<OwnedSemaphorePermit>) -> Completion {
+    Completion {
+        job,
+        item: format!(r#"{{"job":{job},"noop":true}}"#),
+        stored: false,
+        _permit: permit,
+    }
 }
 
 #[derive(Debug)]
@@ -293,11 +306,7 @@ async fn dispatch(
         let permit = permits.pop();
         if job.kind == "noop" {
             metrics::counter!("builderos_operator_jobs_started_total", "org" => job.org_id.to_string()).increment(1);
-            let _ = tx.send(Completion {
-                job: job.job_id,
-                item: json!({"job": job.job_id, "noop": true}),
-                _permit: permit,
-            });
+            let _ = tx.send(noop(job.job_id, permit));
         } else {
             steps.push((job, permit));
         }
@@ -345,11 +354,7 @@ async fn dispatch(
     for (job, permit) in steps {
         let Some(ctx) = by_job.remove(&job.job_id) else {
             // The run is gone: drop the job.
-            let _ = tx.send(Completion {
-                job: job.job_id,
-                item: json!({"job": job.job_id, "noop": true}),
-                _permit: permit,
-            });
+            let _ = tx.send(noop(job.job_id, permit));
             continue;
         };
         let def = lock(&inner.snapshots).get(&ctx.run_id).cloned();
@@ -365,12 +370,13 @@ async fn dispatch(
         let tx = tx.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let item = execute(&inner, &ctx, def.as_deref(), &cancel).await;
+            let (item, stored) = execute(&inner, &ctx, def.as_deref(), &cancel).await;
             metrics::histogram!("builderos_operator_step_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             let _ = tx.send(Completion {
                 job: ctx.job_id,
                 item,
+                stored,
                 _permit: permit,
             });
         });
@@ -395,13 +401,14 @@ where
     }
 }
 
-/// Runs one step attempt and returns its result item for `operator_complete`.
+/// Runs one step attempt and returns its result item for `operator_complete` (JSON text) and
+/// whether it stored artifacts.
 async fn execute(
     inner: &Inner,
     ctx: &StepContext,
     def: Option<&Definition>,
     cancel: &CancellationToken,
-) -> Value {
+) -> (String, bool) {
     let org = ctx.org_id.to_string();
     metrics::counter!("builderos_operator_jobs_started_total", "org" => org.clone()).increment(1);
     let started_at = Utc::now();
@@ -409,25 +416,31 @@ async fn execute(
     let write_prefix = format!("runs/{}/{}/{}/", ctx.run_id, ctx.step_id, ctx.attempt);
     let step = def.and_then(|d| d.step(&ctx.step_id));
     let (Some(def), Some(step)) = (def, step) else {
-        return failed_item(
-            ctx,
-            None,
-            &execution_id,
-            started_at,
-            "ERR_INTERNAL",
-            "the run's definition snapshot lacks this step",
-            None,
+        return (
+            failed_item(
+                ctx,
+                None,
+                &execution_id,
+                started_at,
+                "ERR_INTERNAL",
+                "the run's definition snapshot lacks this step",
+                None,
+            ),
+            false,
         );
     };
     if !matches!(ctx.state.as_str(), "queued" | "running") {
-        return failed_item(
-            ctx,
-            Some((def, step)),
-            &execution_id,
-            started_at,
-            "ERR_CANCELLED",
-            "the run is no longer active",
-            None,
+        return (
+            failed_item(
+                ctx,
+                Some((def, step)),
+                &execution_id,
+                started_at,
+                "ERR_CANCELLED",
+                "the run is no longer active",
+                None,
+            ),
+            false,
         );
     }
     let mode = if ctx.mode == "real" {
@@ -441,14 +454,17 @@ async fn execute(
     let inputs = match pipeline::resolve_inputs(step, &run_inputs, &outputs) {
         Ok(v) => v,
         Err(e) => {
-            return failed_item(
-                ctx,
-                Some((def, step)),
-                &execution_id,
-                started_at,
-                e.code,
-                &e.message,
-                None,
+            return (
+                failed_item(
+                    ctx,
+                    Some((def, step)),
+                    &execution_id,
+                    started_at,
+                    e.code,
+                    &e.message,
+                    None,
+                ),
+                false,
             );
         }
     };
@@ -476,14 +492,17 @@ async fn execute(
                     format!("the org has not allowed the processor {origin}"),
                 )
             };
-            return failed_item(
-                ctx,
-                Some((def, step)),
-                &execution_id,
-                started_at,
-                code,
-                &message,
-                None,
+            return (
+                failed_item(
+                    ctx,
+                    Some((def, step)),
+                    &execution_id,
+                    started_at,
+                    code,
+                    &message,
+                    None,
+                ),
+                false,
             );
         }
     }
@@ -515,6 +534,8 @@ async fn execute(
         },
         &envelope,
     );
+    // Stored as receipt.json and recorded in the database: serialized once.
+    let receipt_bytes: Arc<[u8]> = receipt.to_canonical_bytes().into();
     let org_id = ctx.org_id;
     match &envelope {
         Envelope::Success {
@@ -523,7 +544,7 @@ async fn execute(
             ..
         } => {
             let store = inner.artifacts.clone();
-            let receipt_bytes = receipt.to_canonical_bytes();
+            let receipt_file = receipt_bytes.clone();
             let files: Vec<(String, Vec<u8>)> = outputs
                 .iter()
                 .filter_map(|o| decode(&o.content).map(|b| (o.path.clone(), b)))
@@ -541,7 +562,7 @@ async fn execute(
                 if !files.is_empty() {
                     all.push((index_path.as_str(), index_bytes.as_slice()));
                 }
-                all.push((receipt_path.as_str(), receipt_bytes.as_slice()));
+                all.push((receipt_path.as_str(), &receipt_file));
                 let blobs: Vec<&[u8]> = all.iter().map(|(_, b)| *b).collect();
                 let stored: Vec<Value> = store
                     .put_all(org_id, &blobs)?
@@ -557,25 +578,31 @@ async fn execute(
             let (stored, files) = match written {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
-                    return failed_item(
-                        ctx,
-                        Some((def, step)),
-                        &execution_id,
-                        started_at,
-                        "ERR_ARTIFACT_STORE",
-                        &format!("writing outputs failed: {e}"),
-                        Some(&receipt),
+                    return (
+                        failed_item(
+                            ctx,
+                            Some((def, step)),
+                            &execution_id,
+                            started_at,
+                            "ERR_ARTIFACT_STORE",
+                            &format!("writing outputs failed: {e}"),
+                            Some(&receipt_bytes),
+                        ),
+                        false,
                     );
                 }
                 Err(e) => {
-                    return failed_item(
-                        ctx,
-                        Some((def, step)),
-                        &execution_id,
-                        started_at,
-                        "ERR_INTERNAL",
-                        &format!("the writer task failed: {e}"),
-                        Some(&receipt),
+                    return (
+                        failed_item(
+                            ctx,
+                            Some((def, step)),
+                            &execution_id,
+                            started_at,
+                            "ERR_INTERNAL",
+                            &format!("the writer task failed: {e}"),
+                            Some(&receipt_bytes),
+                        ),
+                        false,
                     );
                 }
             };
@@ -590,7 +617,7 @@ async fn execute(
             }
             metrics::counter!("builderos_operator_jobs_succeeded_total", "org" => org).increment(1);
             tracing::info!(org = %ctx.org_id, run = %ctx.run_id, step = %ctx.step_id, attempt = ctx.attempt, status = "succeeded", "step finished");
-            json!({
+            let item = json!({
                 "job": ctx.job_id,
                 "run": ctx.run_id,
                 "org": ctx.org_id,
@@ -599,21 +626,24 @@ async fn execute(
                 "execution_id": execution_id,
                 "status": "succeeded",
                 "outputs": refs,
-                "receipt": receipt_value(&receipt),
                 "started_at": started_at,
                 "finished_at": finished_at,
                 "dependents": def.dependents(&ctx.step_id),
                 "artifacts": stored,
-            })
+            });
+            (with_receipt(&item, &receipt_bytes), true)
         }
-        Envelope::Error { error, .. } => failed_item(
-            ctx,
-            Some((def, step)),
-            &execution_id,
-            started_at,
-            &error.code,
-            &error.message,
-            Some(&receipt),
+        Envelope::Error { error, .. } => (
+            failed_item(
+                ctx,
+                Some((def, step)),
+                &execution_id,
+                started_at,
+                &error.code,
+                &error.message,
+                Some(&receipt_bytes),
+            ),
+            false,
         ),
     }
 }
@@ -625,8 +655,22 @@ fn decode(content: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-fn receipt_value(receipt: &Receipt) -> Value {
-    serde_json::from_slice(&receipt.to_canonical_bytes()).unwrap_or(Value::Null)
+/// `item` (an object) as JSON text with `receipt`, canonical JSON bytes, as its `receipt`
+/// field: spliced in as it is, not parsed and serialized again.
+fn with_receipt(item: &Value, receipt: &[u8]) -> String {
+    // (serializing a `Value` cannot fail; the receipt's bytes are JSON, so UTF-8)
+    let mut text = serde_json::to_string(item).unwrap_or_else(|_| "{}".to_owned());
+    let receipt = std::str::from_utf8(receipt).unwrap_or("null");
+    if text.ends_with('}') {
+        text.pop();
+        if text.len() > 1 {
+            text.push(',');
+        }
+        text.push_str("\"receipt\":");
+        text.push_str(receipt);
+        text.push('}');
+    }
+    text
 }
 
 /// A failed attempt's item: retried when attempts remain and the code allows it.
@@ -637,8 +681,8 @@ fn failed_item(
     started_at: DateTime<Utc>,
     code: &str,
     message: &str,
-    receipt: Option<&Receipt>,
-) -> Value {
+    receipt: Option<&[u8]>,
+) -> String {
     let attempt = u32::try_from(ctx.attempt).unwrap_or(1);
     let retry_in_ms = def.and_then(|(_, step)| {
         (attempt < step.retries.max_attempts && !FINAL_CODES.contains(&code)).then(|| {
@@ -654,7 +698,7 @@ fn failed_item(
         .increment(1);
     tracing::info!(org = %ctx.org_id, run = %ctx.run_id, step = %ctx.step_id, attempt = ctx.attempt, status, code, "step failed");
     let message: String = message.chars().take(1024).collect();
-    json!({
+    let item = json!({
         "job": ctx.job_id,
         "run": ctx.run_id,
         "org": ctx.org_id,
@@ -664,13 +708,22 @@ fn failed_item(
         "status": "failed",
         "error_code": code,
         "error_message": message,
-        "receipt": receipt.map_or_else(|| json!({"execution_id": execution_id, "status": "error", "error_code": code}), receipt_value),
         "started_at": started_at,
         "finished_at": Utc::now(),
         "retry_in_ms": retry_in_ms,
         "on_failure": match def.map(|(_, s)| &s.on_failure) { Some(OnFailure::Continue) => "continue", _ => "fail" },
         "dependents": def.map(|(d, _)| d.dependents(&ctx.step_id)).unwrap_or_default(),
-    })
+    });
+    match receipt {
+        Some(receipt) => with_receipt(&item, receipt),
+        // (no processor ran: a minimal receipt)
+        None => with_receipt(
+            &item,
+            &builderos_canon::value_to_canonical_bytes(
+                &json!({"execution_id": execution_id, "status": "error", "error_code": code}),
+            ),
+        ),
+    }
 }
 
 /// Records finished attempts in batches; keeps a batch and retries while the database is away.
@@ -685,13 +738,17 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion
                 Err(_) => break,
             }
         }
-        let needs_sync = batch.iter().any(|c| c.item.get("artifacts").is_some());
-        let items = Value::Array(
-            batch
-                .iter_mut()
-                .map(|c| std::mem::take(&mut c.item))
-                .collect(),
-        );
+        let needs_sync = batch.iter().any(|c| c.stored);
+        let mut items =
+            String::with_capacity(batch.iter().map(|c| c.item.len() + 1).sum::<usize>() + 2);
+        items.push('[');
+        for (i, c) in batch.iter().enumerate() {
+            if i > 0 {
+                items.push(',');
+            }
+            items.push_str(&c.item);
+        }
+        items.push(']');
         let mut backoff = Duration::from_millis(50);
         // The outputs and receipts the batch records reach the disk first, all together.
         if needs_sync {
