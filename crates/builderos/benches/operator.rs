@@ -16,7 +16,8 @@
 //!
 //! Run: `cargo bench -p builderos --bench operator` (`BENCH_JOBS`, `BENCH_RUNS`, `BENCH_ROUNDS`
 //! change the sizes; `BENCH_ONLY=queue,pipeline,latency` picks parts — latency and fairness run
-//! together).
+//! together; `BENCH_BUILDEROS_BIN` runs another build's `builderos` as the operator, to compare
+//! two versions in one sitting).
 
 use std::time::{Duration, Instant};
 
@@ -75,7 +76,9 @@ impl Operator {
     fn start(db: &TestDb, concurrency: u32) -> Self {
         Self {
             process: OperatorProcess::spawn(
-                env!("CARGO_BIN_EXE_builderos"),
+                // (another build's binary, for comparing two versions in one sitting)
+                &std::env::var("BENCH_BUILDEROS_BIN")
+                    .unwrap_or_else(|_| env!("CARGO_BIN_EXE_builderos").to_owned()),
                 &db.app_url,
                 &[("BR_OS_OPERATOR_MAX_CONCURRENCY", concurrency.to_string())],
             ),
