@@ -16,7 +16,8 @@
 //!
 //! Run: `cargo bench -p builderos --bench operator` (`BENCH_JOBS`, `BENCH_RUNS`, `BENCH_ROUNDS`
 //! change the sizes; `BENCH_ONLY=queue,pipeline,latency` picks parts — latency and fairness run
-//! together; `BENCH_BUILDEROS_BIN` runs another build's `builderos` as the operator, to compare
+//! together; `BENCH_CONCURRENCY` sets the pipeline operator's steps at once, default 256;
+//! `BENCH_BUILDEROS_BIN` runs another build's `builderos` as the operator, to compare
 //! two versions in one sitting).
 
 use std::time::{Duration, Instant};
@@ -384,7 +385,8 @@ async fn pipelines(
     let steps = runs * def.steps.len();
     let pg_before = postgres_cpu_secs();
     let started = Instant::now();
-    let op = Operator::start(&world.db, 256);
+    let concurrency = u32::try_from(env_num("BENCH_CONCURRENCY", 256)).expect("concurrency");
+    let op = Operator::start(&world.db, concurrency);
     let mut peak = 0.0_f64;
     loop {
         // (through the index of active runs: a count over all runs would be a scan)
