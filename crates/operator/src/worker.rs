@@ -370,7 +370,10 @@ async fn dispatch(
         let tx = tx.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let (item, stored) = execute(&inner, &ctx, def.as_deref(), &cancel).await;
+            let (item, stored) = match execute(&inner, &ctx, def.as_deref(), &cancel).await {
+                Ok(item) => (item, true),
+                Err(item) => (item, false),
+            };
             metrics::histogram!("builderos_operator_step_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             let _ = tx.send(Completion {
@@ -401,14 +404,14 @@ where
     }
 }
 
-/// Runs one step attempt and returns its result item for `operator_complete` (JSON text) and
-/// whether it stored artifacts.
+/// Runs one step attempt and returns its result item for `operator_complete` (JSON text): `Ok`
+/// for a success, which stored artifacts, `Err` for a failure, which stored none.
 async fn execute(
     inner: &Inner,
     ctx: &StepContext,
     def: Option<&Definition>,
     cancel: &CancellationToken,
-) -> (String, bool) {
+) -> Result<String, String> {
     let org = ctx.org_id.to_string();
     metrics::counter!("builderos_operator_jobs_started_total", "org" => org.clone()).increment(1);
     let started_at = Utc::now();
@@ -416,32 +419,26 @@ async fn execute(
     let write_prefix = format!("runs/{}/{}/{}/", ctx.run_id, ctx.step_id, ctx.attempt);
     let step = def.and_then(|d| d.step(&ctx.step_id));
     let (Some(def), Some(step)) = (def, step) else {
-        return (
-            failed_item(
-                ctx,
-                None,
-                &execution_id,
-                started_at,
-                "ERR_INTERNAL",
-                "the run's definition snapshot lacks this step",
-                None,
-            ),
-            false,
-        );
+        return Err(failed_item(
+            ctx,
+            None,
+            &execution_id,
+            started_at,
+            "ERR_INTERNAL",
+            "the run's definition snapshot lacks this step",
+            None,
+        ));
     };
     if !matches!(ctx.state.as_str(), "queued" | "running") {
-        return (
-            failed_item(
-                ctx,
-                Some((def, step)),
-                &execution_id,
-                started_at,
-                "ERR_CANCELLED",
-                "the run is no longer active",
-                None,
-            ),
-            false,
-        );
+        return Err(failed_item(
+            ctx,
+            Some((def, step)),
+            &execution_id,
+            started_at,
+            "ERR_CANCELLED",
+            "the run is no longer active",
+            None,
+        ));
     }
     let mode = if ctx.mode == "real" {
         Mode::Real
@@ -454,18 +451,15 @@ async fn execute(
     let inputs = match pipeline::resolve_inputs(step, &run_inputs, &outputs) {
         Ok(v) => v,
         Err(e) => {
-            return (
-                failed_item(
-                    ctx,
-                    Some((def, step)),
-                    &execution_id,
-                    started_at,
-                    e.code,
-                    &e.message,
-                    None,
-                ),
-                false,
-            );
+            return Err(failed_item(
+                ctx,
+                Some((def, step)),
+                &execution_id,
+                started_at,
+                e.code,
+                &e.message,
+                None,
+            ));
         }
     };
     if let Some(origin) = step.processor.allowlist_key() {
@@ -492,18 +486,15 @@ async fn execute(
                     format!("the org has not allowed the processor {origin}"),
                 )
             };
-            return (
-                failed_item(
-                    ctx,
-                    Some((def, step)),
-                    &execution_id,
-                    started_at,
-                    code,
-                    &message,
-                    None,
-                ),
-                false,
-            );
+            return Err(failed_item(
+                ctx,
+                Some((def, step)),
+                &execution_id,
+                started_at,
+                code,
+                &message,
+                None,
+            ));
         }
     }
     let request = Request {
@@ -578,32 +569,26 @@ async fn execute(
             let (stored, files) = match written {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
-                    return (
-                        failed_item(
-                            ctx,
-                            Some((def, step)),
-                            &execution_id,
-                            started_at,
-                            "ERR_ARTIFACT_STORE",
-                            &format!("writing outputs failed: {e}"),
-                            Some(&receipt_bytes),
-                        ),
-                        false,
-                    );
+                    return Err(failed_item(
+                        ctx,
+                        Some((def, step)),
+                        &execution_id,
+                        started_at,
+                        "ERR_ARTIFACT_STORE",
+                        &format!("writing outputs failed: {e}"),
+                        Some(&receipt_bytes),
+                    ));
                 }
                 Err(e) => {
-                    return (
-                        failed_item(
-                            ctx,
-                            Some((def, step)),
-                            &execution_id,
-                            started_at,
-                            "ERR_INTERNAL",
-                            &format!("the writer task failed: {e}"),
-                            Some(&receipt_bytes),
-                        ),
-                        false,
-                    );
+                    return Err(failed_item(
+                        ctx,
+                        Some((def, step)),
+                        &execution_id,
+                        started_at,
+                        "ERR_INTERNAL",
+                        &format!("the writer task failed: {e}"),
+                        Some(&receipt_bytes),
+                    ));
                 }
             };
             let mut refs = serde_json::Map::new();
@@ -631,20 +616,17 @@ async fn execute(
                 "dependents": def.dependents(&ctx.step_id),
                 "artifacts": stored,
             });
-            (with_receipt(&item, &receipt_bytes), true)
+            Ok(with_receipt(&item, &receipt_bytes))
         }
-        Envelope::Error { error, .. } => (
-            failed_item(
-                ctx,
-                Some((def, step)),
-                &execution_id,
-                started_at,
-                &error.code,
-                &error.message,
-                Some(&receipt_bytes),
-            ),
-            false,
-        ),
+        Envelope::Error { error, .. } => Err(failed_item(
+            ctx,
+            Some((def, step)),
+            &execution_id,
+            started_at,
+            &error.code,
+            &error.message,
+            Some(&receipt_bytes),
+        )),
     }
 }
 
