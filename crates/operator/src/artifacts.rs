@@ -83,9 +83,9 @@ impl LocalStore {
         &self.root
     }
 
-    /// Where the blob named `sha256` of `org` lives (not checked).
-    #[must_use]
-    pub fn blob_path(&self, org: Uuid, sha256: &str) -> PathBuf {
+    /// Where the blob named `sha256` of `org` lives (for tests; `sha256` is not checked).
+    #[cfg(test)]
+    fn blob_path(&self, org: Uuid, sha256: &str) -> PathBuf {
         let fan = sha256.get(..2).unwrap_or("");
         self.root
             .join(org.to_string())
@@ -134,9 +134,15 @@ impl ArtifactStore for LocalStore {
         let target = dir.join(&blob.sha256);
         match fs::symlink_metadata(&target) {
             Ok(meta) if meta.file_type().is_symlink() => return Err(symlink(&target)),
-            // Stored before. (A blob cut short by a crash before its sync has the wrong size:
-            // it is written again.)
-            Ok(meta) if meta.is_file() && meta.len() == blob.size => return Ok(blob),
+            // Stored before, if the bytes are the same: a blob damaged by a crash before its
+            // sync (or since) is written again, whatever its size.
+            Ok(meta)
+                if meta.is_file()
+                    && meta.len() == blob.size
+                    && read_nofollow(&target).is_ok_and(|stored| stored == bytes) =>
+            {
+                return Ok(blob);
+            }
             Ok(meta) if meta.is_dir() => {
                 return Err(io::Error::new(
                     ErrorKind::IsADirectory,
@@ -154,10 +160,7 @@ impl ArtifactStore for LocalStore {
     fn get(&self, org: Uuid, sha256: &str) -> io::Result<Vec<u8>> {
         check_digest(sha256)?;
         let target = self.locate(org, sha256, false)?.join(sha256);
-        if fs::symlink_metadata(&target)?.file_type().is_symlink() {
-            return Err(symlink(&target));
-        }
-        let bytes = fs::read(&target)?;
+        let bytes = read_nofollow(&target)?;
         if builderos_canon::sha256_hex(&bytes) != sha256 {
             return Err(io::Error::new(
                 ErrorKind::InvalidData,
@@ -230,6 +233,28 @@ fn symlink(path: &Path) -> io::Error {
     )
 }
 
+/// The file at `path`, refused (`PermissionDenied`) when `path` itself is a symlink: opened
+/// with `O_NOFOLLOW`, so no link can be swapped in between a check and the read.
+fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(|e| {
+            // ELOOP: the last component is a symlink.
+            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+                symlink(path)
+            } else {
+                e
+            }
+        })?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -262,21 +287,13 @@ mod tests {
         assert_eq!(fs::read(&on_disk).expect("read"), b"hello");
         assert_eq!(store.get(org, &blob.sha256).expect("get"), b"hello");
 
-        let modified = fs::metadata(&on_disk)
-            .expect("meta")
-            .modified()
-            .expect("mtime");
+        // (a write would rename a new file, with a new inode, into place)
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).expect("meta"));
+        let first = inode(&on_disk);
         let again = store.put_all(org, &[b"hello", b"other"]).expect("put_all");
         assert_eq!(again[0], blob);
         assert_eq!(again[1].sha256, builderos_canon::sha256_hex(b"other"));
-        assert_eq!(
-            fs::metadata(&on_disk)
-                .expect("meta")
-                .modified()
-                .expect("mtime"),
-            modified,
-            "equal bytes are not written again"
-        );
+        assert_eq!(inode(&on_disk), first, "equal bytes are not written again");
         let leftovers: Vec<_> = fs::read_dir(on_disk.parent().expect("dir"))
             .expect("dir")
             .map(|e| e.expect("entry").file_name())
@@ -319,21 +336,23 @@ mod tests {
         }
     }
 
-    /// A blob changed on disk is reported, not served; one cut short is written again.
+    /// A blob changed on disk is reported, not served; the next put of its bytes writes it
+    /// again, whether the damage changed its size or not.
     #[test]
     fn damaged_blobs() {
         let (_dir, store) = store();
         let org = Uuid::new_v4();
         let blob = store.put(org, b"the bytes").expect("put");
         let path = store.blob_path(org, &blob.sha256);
-        fs::write(&path, b"the bytez").expect("tamper");
-        assert_eq!(
-            store.get(org, &blob.sha256).expect_err("tampered").kind(),
-            ErrorKind::InvalidData
-        );
-        fs::write(&path, b"the").expect("truncate");
-        store.put(org, b"the bytes").expect("put again");
-        assert_eq!(store.get(org, &blob.sha256).expect("get"), b"the bytes");
+        for damage in [&b"the bytez"[..], b"the"] {
+            fs::write(&path, damage).expect("tamper");
+            assert_eq!(
+                store.get(org, &blob.sha256).expect_err("damaged").kind(),
+                ErrorKind::InvalidData
+            );
+            assert_eq!(store.put(org, b"the bytes").expect("put again"), blob);
+            assert_eq!(store.get(org, &blob.sha256).expect("get"), b"the bytes");
+        }
     }
 
     /// A symlinked directory or blob below the root is refused for writes and reads.

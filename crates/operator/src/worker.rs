@@ -593,7 +593,9 @@ async fn execute(
             };
             let mut refs = serde_json::Map::new();
             for (path, bytes) in files {
+                // (text without NUL, which PostgreSQL's jsonb can't hold)
                 if bytes.len() <= MAX_REFERENCEABLE_OUTPUT
+                    && !bytes.contains(&0)
                     && let (Some(name), Ok(text)) =
                         (path.strip_prefix(&write_prefix), String::from_utf8(bytes))
                 {
@@ -679,7 +681,12 @@ fn failed_item(
     metrics::counter!("builderos_operator_jobs_failed_total", "org" => ctx.org_id.to_string())
         .increment(1);
     tracing::info!(org = %ctx.org_id, run = %ctx.run_id, step = %ctx.step_id, attempt = ctx.attempt, status, code, "step failed");
-    let message: String = message.chars().take(1024).collect();
+    // (PostgreSQL's jsonb can't hold NUL: one in a message would refuse the whole batch)
+    let message: String = message
+        .chars()
+        .take(1024)
+        .map(|c| if c == '\0' { '\u{fffd}' } else { c })
+        .collect();
     let item = json!({
         "job": ctx.job_id,
         "run": ctx.run_id,
@@ -875,5 +882,59 @@ async fn gauges(inner: Arc<Inner>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NUL in a processor's error message (which PostgreSQL's jsonb refuses, and with it the
+    /// whole batch) is replaced; the rest of the message stays.
+    #[test]
+    fn failed_items_hold_no_nul() {
+        let ctx = StepContext {
+            job_id: 1,
+            run_id: Uuid::now_v7(),
+            step_id: "a".to_owned(),
+            attempt: 1,
+            org_id: Uuid::now_v7(),
+            state: "running".to_owned(),
+            mode: "mock".to_owned(),
+            inputs: sqlx::types::Json(json!({})),
+            outputs: sqlx::types::Json(json!({})),
+        };
+        let item = failed_item(&ctx, None, "e-1", Utc::now(), "ERR_X", "bad\0byte", None);
+        assert!(!item.contains("\\u0000"), "{item}");
+        let parsed: Value = serde_json::from_str(&item).expect("valid JSON");
+        assert_eq!(parsed["error_message"], "bad\u{fffd}byte");
+        assert_eq!(parsed["receipt"]["error_code"], "ERR_X");
+    }
+
+    /// The receipt's bytes become the item's `receipt` field as they are; the result is one
+    /// valid JSON object with every other field intact, and a batch of items is a JSON array.
+    #[test]
+    fn receipts_are_spliced_into_items() {
+        let receipt = builderos_canon::value_to_canonical_bytes(
+            &json!({"execution_id": "e-1", "usage": {"input_tokens": 3}, "z": "caf\u{e9} \"q\""}),
+        );
+        for item in [
+            json!({"job": 7, "status": "succeeded", "outputs": {"a.txt": "hi"}, "artifacts": []}),
+            json!({"job": 8, "status": "failed", "error_message": "}\"{", "retry_in_ms": null}),
+        ] {
+            let text = with_receipt(&item, &receipt);
+            let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
+            let mut expected = item.clone();
+            expected["receipt"] = serde_json::from_slice(&receipt).expect("receipt");
+            assert_eq!(parsed, expected, "{text}");
+        }
+        let batch = format!(
+            "[{},{}]",
+            noop(1, None).item,
+            with_receipt(&json!({"job": 2}), &receipt)
+        );
+        let parsed: Value = serde_json::from_str(&batch).expect("valid JSON");
+        assert_eq!(parsed[0], json!({"job": 1, "noop": true}));
+        assert_eq!(parsed[1]["receipt"]["execution_id"], "e-1");
     }
 }
