@@ -122,14 +122,7 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
                 ok
             });
             if in_order {
-                for (i, (key, item)) in map.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write_escaped(key, out);
-                    out.push(b':');
-                    write_value(item, out);
-                }
+                write_entries(map.iter().map(|(k, v)| (k.as_str(), v)), out);
             } else {
                 // Keys are normalised before sorting so that two spellings of one key collide;
                 // the sort is stable, so of those the first in the map's order is kept.
@@ -137,17 +130,22 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
                     map.iter().map(|(k, v)| (nfc(k), v)).collect();
                 entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
                 entries.dedup_by(|later, earlier| later.0 == earlier.0);
-                for (i, (key, item)) in entries.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write_escaped(key, out);
-                    out.push(b':');
-                    write_value(item, out);
-                }
+                write_entries(entries.iter().map(|(k, v)| (k.as_ref(), *v)), out);
             }
             out.push(b'}');
         }
+    }
+}
+
+/// An object's entries, already canonical keys in canonical order, without the braces.
+fn write_entries<'a>(entries: impl Iterator<Item = (&'a str, &'a Value)>, out: &mut Vec<u8>) {
+    for (i, (key, item)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_escaped(key, out);
+        out.push(b':');
+        write_value(item, out);
     }
 }
 
