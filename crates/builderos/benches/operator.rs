@@ -226,14 +226,23 @@ async fn noop_jobs(admin: &PgPool, orgs: &[Uuid], n: u64) {
         .expect("vacuum");
 }
 
+/// One queue measurement: jobs/s, and CPU per job of PostgreSQL and of the claiming side (the
+/// bench's own loops for the ceiling, the operator processes for the real queue).
+struct QueueRound {
+    rate: f64,
+    postgres_us: f64,
+    client_us: f64,
+}
+
 /// The ceiling: a plain-SQL batched claim-and-complete loop on `connections` connections.
-async fn ceiling(world: &World, orgs: &[Uuid], n: u64, connections: usize) -> f64 {
+async fn ceiling(world: &World, orgs: &[Uuid], n: u64, connections: usize) -> QueueRound {
     noop_jobs(&world.admin, orgs, n).await;
     let pool = PgPoolOptions::new()
         .max_connections(u32::try_from(connections).expect("n"))
         .connect(&world.db.superuser_url)
         .await
         .expect("pool");
+    let (pg_before, me_before) = (postgres_cpu_secs(), cpu_secs("self").unwrap_or(0.0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -263,13 +272,19 @@ async fn ceiling(world: &World, orgs: &[Uuid], n: u64, connections: usize) -> f6
         t.await.expect("task");
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let round = QueueRound {
+        rate,
+        postgres_us: (postgres_cpu_secs() - pg_before) * 1e6 / n as f64,
+        client_us: (cpu_secs("self").unwrap_or(0.0) - me_before) * 1e6 / n as f64,
+    };
     pool.close().await;
-    rate
+    round
 }
 
 /// No-op jobs through the real queue with `operators` operator processes.
-async fn queue(world: &World, orgs: &[Uuid], n: u64, operators: usize) -> f64 {
+async fn queue(world: &World, orgs: &[Uuid], n: u64, operators: usize) -> QueueRound {
     noop_jobs(&world.admin, orgs, n).await;
+    let pg_before = postgres_cpu_secs();
     let started = Instant::now();
     let ops: Vec<Operator> = (0..operators)
         .map(|_| Operator::start(&world.db, 1024))
@@ -278,11 +293,20 @@ async fn queue(world: &World, orgs: &[Uuid], n: u64, operators: usize) -> f64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let pg_cpu = postgres_cpu_secs() - pg_before;
+    let op_cpu: f64 = ops
+        .iter()
+        .map(|op| cpu_secs(&op.process.pid().to_string()).unwrap_or(0.0))
+        .sum();
     for op in ops {
         op.stop();
     }
     profile(&world.admin).await;
-    rate
+    QueueRound {
+        rate,
+        postgres_us: pg_cpu * 1e6 / n as f64,
+        client_us: op_cpu * 1e6 / n as f64,
+    }
 }
 
 /// With `BENCH_PROFILE` set: where PostgreSQL spent its time since the last call (functions,
@@ -526,11 +550,27 @@ fn main() {
             q1.push(queue(&world, &orgs, jobs, 1).await);
             q2.push(queue(&world, &orgs, jobs, 2).await);
         }
-        let (ceil, q1, q2) = (median(ceil), median(q1), median(q2));
-        println!("queue throughput ({jobs} no-op jobs over 10 orgs)");
-        println!("  PostgreSQL ceiling (plain SQL, batched SKIP LOCKED, 2 connections) {ceil:>9.0} jobs/s");
-        println!("  real queue, 1 operator process   {q1:>9.0} jobs/s  ({:>3.0}% of ceiling; target >= 20000 jobs/s and >= 50%)", 100.0 * q1 / ceil);
-        println!("  real queue, 2 operator processes {q2:>9.0} jobs/s  ({:>3.0}% of ceiling)", 100.0 * q2 / ceil);
+        // Medians of each figure (CPU per job as well: the machine is shared and noisy).
+        let med = |v: &[QueueRound], f: fn(&QueueRound) -> f64| median(v.iter().map(f).collect());
+        let (ceil_rate, q1_rate, q2_rate) = (med(&ceil, |r| r.rate), med(&q1, |r| r.rate), med(&q2, |r| r.rate));
+        println!("queue throughput ({jobs} no-op jobs over 10 orgs; CPU per job: PostgreSQL + the claiming side)");
+        println!(
+            "  PostgreSQL ceiling (plain SQL, batched SKIP LOCKED, 2 connections) {ceil_rate:>9.0} jobs/s   CPU {:.1} + {:.1} µs",
+            med(&ceil, |r| r.postgres_us),
+            med(&ceil, |r| r.client_us)
+        );
+        println!(
+            "  real queue, 1 operator process   {q1_rate:>9.0} jobs/s  ({:>3.0}% of ceiling; target >= 20000 jobs/s and >= 50%)   CPU {:.1} + {:.1} µs",
+            100.0 * q1_rate / ceil_rate,
+            med(&q1, |r| r.postgres_us),
+            med(&q1, |r| r.client_us)
+        );
+        println!(
+            "  real queue, 2 operator processes {q2_rate:>9.0} jobs/s  ({:>3.0}% of ceiling)   CPU {:.1} + {:.1} µs",
+            100.0 * q2_rate / ceil_rate,
+            med(&q2, |r| r.postgres_us),
+            med(&q2, |r| r.client_us)
+        );
         }
 
         if wanted("pipeline") {
