@@ -12,6 +12,7 @@ use builderos_operator::pipeline::{self, Definition, Format};
 use builderos_operator::processors::contract::Mode;
 use builderos_operator::scheduler;
 use builderos_operator::store::{self, NewRun, Trigger};
+use builderos_operator::worker;
 use builderos_shared::pg::{Cluster, ClusterOptions};
 use builderos_test_support::{OperatorProcess, TestApp};
 use serde_json::{Value, json};
@@ -671,6 +672,123 @@ async fn racing_completions_of_one_attempt_count_once() {
         .await
         .expect("jobs");
     assert_eq!(left, 0);
+}
+
+/// A result the database refuses for its data (here a timestamp it can't read) must not hold
+/// back the rest of its batch, nor stall the worker: the batch is recorded one by one, and the
+/// refused result is replaced by a failure of its step with ERR_INTERNAL.
+#[tokio::test]
+async fn a_refused_result_fails_its_step_and_holds_back_no_other() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let t = tenant(&admin, "acme").await;
+    let (id, def) = define(
+        &admin,
+        &t,
+        "two",
+        "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n  - {id: b, role: builder, processor: 'builtin:echo', inputs: {x: y}, depends_on: [a]}\n",
+    )
+    .await;
+    let runs = [
+        start(&admin, &t, (id, &def), json!({}), Mode::Mock).await,
+        start(&admin, &t, (id, &def), json!({}), Mode::Mock).await,
+    ];
+    let pool = store::operator_pool(&app.db.app_url, 4).expect("pool");
+    let worker = Uuid::now_v7();
+    let (claimed, _) = store::claim(&pool, worker, 16, Duration::from_secs(30), 16)
+        .await
+        .expect("claim");
+    let ids: Vec<i64> = claimed.iter().map(|c| c.job_id).collect();
+    let mut contexts = store::started(&pool, &ids).await.expect("started");
+    contexts.sort_by_key(|c| c.run_id);
+    let mut started_runs: Vec<Uuid> = contexts.iter().map(|c| c.run_id).collect();
+    started_runs.sort();
+    let mut all = runs.to_vec();
+    all.sort();
+    assert_eq!(started_runs, all, "both runs' first steps");
+    let item = |c: &store::StepContext, started_at: Value| {
+        json!({
+            "job": c.job_id, "run": c.run_id, "org": c.org_id, "step": c.step_id,
+            "attempt": c.attempt, "execution_id": Uuid::now_v7().to_string(),
+            "status": "succeeded", "outputs": {}, "receipt": {}, "artifacts": [],
+            "started_at": started_at, "finished_at": chrono::Utc::now(),
+            "dependents": ["b"],
+        })
+        .to_string()
+    };
+    let good = item(&contexts[0], json!(chrono::Utc::now()));
+    let bad = item(&contexts[1], json!("the day after tomorrow"));
+    let batch = format!("[{good},{bad}]");
+    let refused = store::complete(&pool, worker, &batch)
+        .await
+        .expect_err("the batch is refused");
+    assert!(
+        matches!(&refused, sqlx::Error::Database(db) if db.code().as_deref() == Some("22007")),
+        "{refused}"
+    );
+
+    let results = [
+        (contexts[0].job_id, good.as_str()),
+        (contexts[1].job_id, bad.as_str()),
+    ];
+    let refused_jobs = worker::record_one_by_one(&pool, worker, &results).await;
+    assert_eq!(refused_jobs, vec![contexts[1].job_id]);
+    // The good result went on as usual: its run's next step is queued.
+    assert_eq!(
+        steps(&admin, contexts[0].run_id).await,
+        vec![
+            ("a".to_owned(), "succeeded".to_owned(), 1, None),
+            ("b".to_owned(), "queued".to_owned(), 0, None)
+        ]
+    );
+    // The refused one failed its step (finally: it would be refused again) and its run.
+    let bad_run = contexts[1].run_id;
+    assert_eq!(state(&admin, bad_run).await, "failed");
+    assert_eq!(
+        steps(&admin, bad_run).await,
+        vec![
+            (
+                "a".to_owned(),
+                "failed".to_owned(),
+                1,
+                Some("ERR_INTERNAL".to_owned())
+            ),
+            ("b".to_owned(), "cancelled".to_owned(), 0, None)
+        ]
+    );
+    let message: String =
+        sqlx::query_scalar("SELECT error_message FROM step_attempts WHERE run_id = $1")
+            .bind(bad_run)
+            .fetch_one(&admin)
+            .await
+            .expect("attempt");
+    assert!(message.contains("22007"), "{message}");
+    // Both jobs are done; nothing is left running.
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&admin)
+        .await
+        .expect("jobs");
+    assert!(left.is_empty(), "{left:?}");
+    assert_counts_match(&admin, "after a refused result").await;
+
+    // A result that doesn't even name its step can't be stood in for: its job is left to its
+    // lease (it runs again when the lease expires).
+    let (claimed, _) = store::claim(&pool, worker, 16, Duration::from_secs(30), 16)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1, "the good run's b");
+    let nameless =
+        json!({"job": claimed[0].job_id, "run": "not a run", "status": "failed"}).to_string();
+    let refused_jobs =
+        worker::record_one_by_one(&pool, worker, &[(claimed[0].job_id, nameless.as_str())]).await;
+    assert_eq!(refused_jobs, vec![claimed[0].job_id]);
+    let still: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+        .bind(claimed[0].job_id)
+        .fetch_one(&admin)
+        .await
+        .expect("job");
+    assert_eq!(still, "running");
 }
 
 fn operator_process(app: &TestApp, lease_seconds: u32) -> OperatorProcess {

@@ -716,6 +716,7 @@ fn failed_item(
 }
 
 /// Records finished attempts in batches; keeps a batch and retries while the database is away.
+/// A batch the database refuses for its data is recorded one by one ([`record_one_by_one`]).
 async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion>) {
     let max = inner.config.complete_batch.max(1);
     let mut batch: Vec<Completion> = Vec::with_capacity(max);
@@ -752,15 +753,11 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
-        loop {
-            match store::complete(&inner.pool, inner.id, &items).await {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, batch = batch.len(), "recording results failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
+        if let Err(e) = complete_retrying(&inner.pool, inner.id, &items).await {
+            let results: Vec<(i64, &str)> =
+                batch.iter().map(|c| (c.job, c.item.as_str())).collect();
+            tracing::error!(error = %e, batch = batch.len(), "the database refused a batch of results; recording them one by one");
+            record_one_by_one(&inner.pool, inner.id, &results).await;
         }
         {
             let mut inflight = lock(&inner.inflight);
@@ -772,6 +769,119 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion
         batch.clear();
         inner.wake.notify_one();
     }
+}
+
+/// Whether the database refused a call for its data (SQLSTATE classes 22, data exception, and
+/// 23, integrity constraint violation): sending the same batch again can't succeed.
+fn refused(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}
+
+/// Records a batch of results (a JSON array as text), retrying with backoff until it is
+/// recorded or refused for its data (see [`refused`]), which it returns.
+async fn complete_retrying(pool: &PgPool, worker: Uuid, items: &str) -> Result<(), sqlx::Error> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store::complete(pool, worker, items).await {
+            Ok(_) => return Ok(()),
+            Err(e) if refused(&e) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "recording results failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Records `results` (job, item) one by one after the database refused them as a batch, so
+/// that one result it can't take holds back none of the others. A result refused on its own
+/// is recorded as a failure of its step with `ERR_INTERNAL` (final: it would be refused again);
+/// when even that is refused, the job is left to its lease, and runs again when it expires.
+/// Returns the jobs whose own results were refused.
+///
+/// (The completer calls it; public for the tests, which hand it results the database refuses.)
+pub async fn record_one_by_one(pool: &PgPool, worker: Uuid, results: &[(i64, &str)]) -> Vec<i64> {
+    let mut refused_jobs = Vec::new();
+    for (job, item) in results {
+        let Err(e) = complete_retrying(pool, worker, &format!("[{item}]")).await else {
+            continue;
+        };
+        refused_jobs.push(*job);
+        let code = match &e {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let recorded = match internal_failure(item, &code) {
+            Some(failure) => complete_retrying(pool, worker, &format!("[{failure}]"))
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if recorded {
+            tracing::error!(job, error = %e, "the database refused a step's result; recorded the step as failed with ERR_INTERNAL");
+        } else {
+            tracing::error!(job, error = %e, "the database refused a step's result and its failure; the step runs again when its lease expires");
+        }
+    }
+    refused_jobs
+}
+
+/// The failure with `ERR_INTERNAL` that stands in for a result the database refused: the
+/// refused item's identity (job, run, org, step, attempt, execution id) and what its step's
+/// failure needs (`on_failure`, dependents), and nothing else of it. None when the item
+/// doesn't even name its step.
+fn internal_failure(item: &str, sqlstate: &str) -> Option<String> {
+    let item: Value = serde_json::from_str(item).ok()?;
+    let job = item.get("job")?.as_i64()?;
+    let run = Uuid::parse_str(item.get("run")?.as_str()?).ok()?;
+    let org = Uuid::parse_str(item.get("org")?.as_str()?).ok()?;
+    let step = item.get("step")?.as_str()?.replace('\0', "\u{fffd}");
+    let attempt = item.get("attempt")?.as_i64()?;
+    let execution_id = Uuid::parse_str(item.get("execution_id")?.as_str()?)
+        .ok()?
+        .to_string();
+    let on_failure = match item.get("on_failure").and_then(Value::as_str) {
+        Some("continue") => "continue",
+        _ => "fail",
+    };
+    let dependents: Vec<&str> = item
+        .get("dependents")
+        .and_then(Value::as_array)
+        .map(|d| {
+            d.iter()
+                .filter_map(Value::as_str)
+                .filter(|s| !s.contains('\0'))
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = Utc::now();
+    let failure = json!({
+        "job": job,
+        "run": run,
+        "org": org,
+        "step": step,
+        "attempt": attempt,
+        "execution_id": execution_id,
+        "status": "failed",
+        "error_code": "ERR_INTERNAL",
+        "error_message": format!("the step's result could not be recorded (SQLSTATE {sqlstate})"),
+        "started_at": now,
+        "finished_at": now,
+        "on_failure": on_failure,
+        "dependents": dependents,
+    });
+    Some(with_receipt(
+        &failure,
+        &builderos_canon::value_to_canonical_bytes(
+            &json!({"execution_id": execution_id, "status": "error", "error_code": "ERR_INTERNAL"}),
+        ),
+    ))
 }
 
 /// Listens for new jobs and cancellations; reconnects after the database comes back.
