@@ -587,39 +587,55 @@ async fn a_cron_tick_starts_exactly_one_run_across_schedulers() {
 /// Two workers race to record the same attempts (one ran them after the other's lease
 /// expired): in one batch or split across batches, each attempt counts once, its dependents
 /// are released once and the run finishes once.
-#[tokio::test]
-async fn racing_completions_of_one_attempt_count_once() {
+/// Two runs of the pipeline `yaml` in a fresh org, and an operator pool to drive them by hand.
+async fn two_runs(yaml: &str) -> (TestApp, PgPool, [Uuid; 2], PgPool) {
     let app = TestApp::spawn().await;
     let admin = app.superuser_pool();
     let t = tenant(&admin, "acme").await;
-    let (id, def) = define(
-        &admin,
-        &t,
-        "fan",
-        "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n  - {id: b, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n  - {id: c, role: builder, processor: 'builtin:echo', inputs: {x: y}, depends_on: [a, b]}\n",
-    )
-    .await;
+    let (id, def) = define(&admin, &t, "by-hand", yaml).await;
     let runs = [
         start(&admin, &t, (id, &def), json!({}), Mode::Mock).await,
         start(&admin, &t, (id, &def), json!({}), Mode::Mock).await,
     ];
     let pool = store::operator_pool(&app.db.app_url, 4).expect("pool");
-    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
-    let item = |c: &store::StepContext| {
-        json!({
-            "job": c.job_id, "run": c.run_id, "org": c.org_id, "step": c.step_id,
-            "attempt": c.attempt, "execution_id": Uuid::now_v7().to_string(),
-            "status": "succeeded", "outputs": {}, "receipt": {}, "artifacts": [],
-            "started_at": chrono::Utc::now(), "finished_at": chrono::Utc::now(),
-            "dependents": if c.step_id == "c" { json!([]) } else { json!(["c"]) },
-        })
-    };
-    // Both runs' first steps (a and b), claimed once and "run" by two workers.
-    let (claimed, _) = store::claim(&pool, first, 16, Duration::from_secs(30), 16)
+    (app, admin, runs, pool)
+}
+
+/// Claims every ready job for `worker` and marks their steps started, in run order.
+async fn claim_started(pool: &PgPool, worker: Uuid) -> Vec<store::StepContext> {
+    let (claimed, _) = store::claim(pool, worker, 16, Duration::from_secs(30), 16)
         .await
         .expect("claim");
     let ids: Vec<i64> = claimed.iter().map(|c| c.job_id).collect();
-    let contexts = store::started(&pool, &ids).await.expect("started");
+    let mut contexts = store::started(pool, &ids).await.expect("started");
+    contexts.sort_by_key(|c| (c.run_id, c.step_id.clone()));
+    contexts
+}
+
+/// A success of `c` (no outputs, no artifacts) as a worker sends it to `operator_complete`.
+fn success(c: &store::StepContext, dependents: &[&str], started_at: Value) -> Value {
+    json!({
+        "job": c.job_id, "run": c.run_id, "org": c.org_id, "step": c.step_id,
+        "attempt": c.attempt, "execution_id": Uuid::now_v7().to_string(),
+        "status": "succeeded", "outputs": {}, "receipt": {}, "artifacts": [],
+        "started_at": started_at, "finished_at": chrono::Utc::now(),
+        "dependents": dependents,
+    })
+}
+
+#[tokio::test]
+async fn racing_completions_of_one_attempt_count_once() {
+    let (_app, admin, runs, pool) = two_runs(
+        "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n  - {id: b, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n  - {id: c, role: builder, processor: 'builtin:echo', inputs: {x: y}, depends_on: [a, b]}\n",
+    )
+    .await;
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let item = |c: &store::StepContext| {
+        let dependents: &[&str] = if c.step_id == "c" { &[] } else { &["c"] };
+        success(c, dependents, json!(chrono::Utc::now()))
+    };
+    // Both runs' first steps (a and b), claimed once and "run" by two workers.
+    let contexts = claim_started(&pool, first).await;
     assert_eq!(contexts.len(), 4);
     let mine: Vec<Value> = contexts.iter().map(item).collect();
     let theirs: Vec<Value> = contexts.iter().map(item).collect();
@@ -642,12 +658,8 @@ async fn racing_completions_of_one_attempt_count_once() {
     assert_eq!(again, 0, "nothing left to record");
 
     // Each run's c was released exactly once; record it and the runs finish once.
-    let (claimed, _) = store::claim(&pool, first, 16, Duration::from_secs(30), 16)
-        .await
-        .expect("claim");
-    assert_eq!(claimed.len(), 2, "one job per run for c: {claimed:?}");
-    let ids: Vec<i64> = claimed.iter().map(|c| c.job_id).collect();
-    let contexts = store::started(&pool, &ids).await.expect("started");
+    let contexts = claim_started(&pool, first).await;
+    assert_eq!(contexts.len(), 2, "one job per run for c: {contexts:?}");
     let items = Value::Array(contexts.iter().map(item).collect()).to_string();
     let (a, b) = tokio::join!(
         store::complete(&pool, first, &items),
@@ -679,43 +691,20 @@ async fn racing_completions_of_one_attempt_count_once() {
 /// refused result is replaced by a failure of its step with ERR_INTERNAL.
 #[tokio::test]
 async fn a_refused_result_fails_its_step_and_holds_back_no_other() {
-    let app = TestApp::spawn().await;
-    let admin = app.superuser_pool();
-    let t = tenant(&admin, "acme").await;
-    let (id, def) = define(
-        &admin,
-        &t,
-        "two",
+    let (_app, admin, runs, pool) = two_runs(
         "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n  - {id: b, role: builder, processor: 'builtin:echo', inputs: {x: y}, depends_on: [a]}\n",
     )
     .await;
-    let runs = [
-        start(&admin, &t, (id, &def), json!({}), Mode::Mock).await,
-        start(&admin, &t, (id, &def), json!({}), Mode::Mock).await,
-    ];
-    let pool = store::operator_pool(&app.db.app_url, 4).expect("pool");
     let worker = Uuid::now_v7();
-    let (claimed, _) = store::claim(&pool, worker, 16, Duration::from_secs(30), 16)
-        .await
-        .expect("claim");
-    let ids: Vec<i64> = claimed.iter().map(|c| c.job_id).collect();
-    let mut contexts = store::started(&pool, &ids).await.expect("started");
-    contexts.sort_by_key(|c| c.run_id);
+    let contexts = claim_started(&pool, worker).await;
     let mut started_runs: Vec<Uuid> = contexts.iter().map(|c| c.run_id).collect();
-    started_runs.sort();
     let mut all = runs.to_vec();
+    started_runs.sort();
     all.sort();
     assert_eq!(started_runs, all, "both runs' first steps");
-    let item = |c: &store::StepContext, started_at: Value| {
-        json!({
-            "job": c.job_id, "run": c.run_id, "org": c.org_id, "step": c.step_id,
-            "attempt": c.attempt, "execution_id": Uuid::now_v7().to_string(),
-            "status": "succeeded", "outputs": {}, "receipt": {}, "artifacts": [],
-            "started_at": started_at, "finished_at": chrono::Utc::now(),
-            "dependents": ["b"],
-        })
-        .to_string()
-    };
+    let ids: Vec<i64> = contexts.iter().map(|c| c.job_id).collect();
+    let item =
+        |c: &store::StepContext, started_at: Value| success(c, &["b"], started_at).to_string();
     let good = item(&contexts[0], json!(chrono::Utc::now()));
     let bad = item(&contexts[1], json!("the day after tomorrow"));
     let batch = format!("[{good},{bad}]");

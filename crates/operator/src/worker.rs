@@ -756,7 +756,7 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion
         if let Err(e) = complete_retrying(&inner.pool, inner.id, &items).await {
             let results: Vec<(i64, &str)> =
                 batch.iter().map(|c| (c.job, c.item.as_str())).collect();
-            tracing::error!(error = %e, batch = batch.len(), "the database refused a batch of results; recording them one by one");
+            tracing::error!(sqlstate = %sqlstate(&e), batch = batch.len(), "the database refused a batch of results; recording them one by one");
             record_one_by_one(&inner.pool, inner.id, &results).await;
         }
         {
@@ -774,11 +774,15 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion
 /// Whether the database refused a call for its data (SQLSTATE classes 22, data exception, and
 /// 23, integrity constraint violation): sending the same batch again can't succeed.
 fn refused(error: &sqlx::Error) -> bool {
+    let code = sqlstate(error);
+    code.starts_with("22") || code.starts_with("23")
+}
+
+/// The SQLSTATE of a database error (empty for other errors).
+fn sqlstate(error: &sqlx::Error) -> String {
     match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()).unwrap_or_default(),
+        _ => String::new(),
     }
 }
 
@@ -813,10 +817,8 @@ pub async fn record_one_by_one(pool: &PgPool, worker: Uuid, results: &[(i64, &st
             continue;
         };
         refused_jobs.push(*job);
-        let code = match &e {
-            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()).unwrap_or_default(),
-            _ => String::new(),
-        };
+        // (the code, not the message: a message may quote the refused data, such as outputs)
+        let code = sqlstate(&e);
         let recorded = match internal_failure(item, &code) {
             Some(failure) => complete_retrying(pool, worker, &format!("[{failure}]"))
                 .await
@@ -824,9 +826,9 @@ pub async fn record_one_by_one(pool: &PgPool, worker: Uuid, results: &[(i64, &st
             None => false,
         };
         if recorded {
-            tracing::error!(job, error = %e, "the database refused a step's result; recorded the step as failed with ERR_INTERNAL");
+            tracing::error!(job, sqlstate = %code, "the database refused a step's result; recorded the step as failed with ERR_INTERNAL");
         } else {
-            tracing::error!(job, error = %e, "the database refused a step's result and its failure; the step runs again when its lease expires");
+            tracing::error!(job, sqlstate = %code, "the database refused a step's result and its failure; the step runs again when its lease expires");
         }
     }
     refused_jobs
