@@ -584,9 +584,6 @@ async fn a_cron_tick_starts_exactly_one_run_across_schedulers() {
     );
 }
 
-/// Two workers race to record the same attempts (one ran them after the other's lease
-/// expired): in one batch or split across batches, each attempt counts once, its dependents
-/// are released once and the run finishes once.
 /// Two runs of the pipeline `yaml` in a fresh org, and an operator pool to drive them by hand.
 async fn two_runs(yaml: &str) -> (TestApp, PgPool, [Uuid; 2], PgPool) {
     let app = TestApp::spawn().await;
@@ -619,10 +616,13 @@ fn success(c: &store::StepContext, dependents: &[&str], started_at: Value) -> Va
         "attempt": c.attempt, "execution_id": Uuid::now_v7().to_string(),
         "status": "succeeded", "outputs": {}, "receipt": {}, "artifacts": [],
         "started_at": started_at, "finished_at": chrono::Utc::now(),
-        "dependents": dependents,
+        "dependents": dependents, "on_failure": "fail",
     })
 }
 
+/// Two workers race to record the same attempts (one ran them after the other's lease
+/// expired): in one batch or split across batches, each attempt counts once, its dependents
+/// are released once and the run finishes once.
 #[tokio::test]
 async fn racing_completions_of_one_attempt_count_once() {
     let (_app, admin, runs, pool) = two_runs(
@@ -688,11 +688,12 @@ async fn racing_completions_of_one_attempt_count_once() {
 
 /// A result the database refuses for its data (here a timestamp it can't read) must not hold
 /// back the rest of its batch, nor stall the worker: the batch is recorded one by one, and the
-/// refused result is replaced by a failure of its step with ERR_INTERNAL.
+/// refused result is replaced by a failure of its step with ERR_INTERNAL, which follows the
+/// step's `on_failure` like any failure.
 #[tokio::test]
 async fn a_refused_result_fails_its_step_and_holds_back_no_other() {
     let (_app, admin, runs, pool) = two_runs(
-        "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n  - {id: b, role: builder, processor: 'builtin:echo', inputs: {x: y}, depends_on: [a]}\n",
+        "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}, on_failure: continue}\n  - {id: b, role: builder, processor: 'builtin:echo', inputs: {x: y}, depends_on: [a]}\n",
     )
     .await;
     let worker = Uuid::now_v7();
@@ -702,13 +703,21 @@ async fn a_refused_result_fails_its_step_and_holds_back_no_other() {
     started_runs.sort();
     all.sort();
     assert_eq!(started_runs, all, "both runs' first steps");
-    let ids: Vec<i64> = contexts.iter().map(|c| c.job_id).collect();
+    let (good_run, bad_run) = (contexts[0].run_id, contexts[1].run_id);
     let item =
-        |c: &store::StepContext, started_at: Value| success(c, &["b"], started_at).to_string();
-    let good = item(&contexts[0], json!(chrono::Utc::now()));
-    let bad = item(&contexts[1], json!("the day after tomorrow"));
-    let batch = format!("[{good},{bad}]");
-    let refused = store::complete(&pool, worker, &batch)
+        |c: &store::StepContext, dependents: &[&str], on_failure: &str, started_at: Value| {
+            let mut item = success(c, dependents, started_at);
+            item["on_failure"] = json!(on_failure);
+            item.to_string()
+        };
+    let good = item(&contexts[0], &["b"], "continue", json!(chrono::Utc::now()));
+    let bad = item(
+        &contexts[1],
+        &["b"],
+        "continue",
+        json!("the day after tomorrow"),
+    );
+    let refused = store::complete(&pool, worker, &format!("[{good},{bad}]"))
         .await
         .expect_err("the batch is refused");
     assert!(
@@ -724,15 +733,15 @@ async fn a_refused_result_fails_its_step_and_holds_back_no_other() {
     assert_eq!(refused_jobs, vec![contexts[1].job_id]);
     // The good result went on as usual: its run's next step is queued.
     assert_eq!(
-        steps(&admin, contexts[0].run_id).await,
+        steps(&admin, good_run).await,
         vec![
             ("a".to_owned(), "succeeded".to_owned(), 1, None),
             ("b".to_owned(), "queued".to_owned(), 0, None)
         ]
     );
-    // The refused one failed its step (finally: it would be refused again) and its run.
-    let bad_run = contexts[1].run_id;
-    assert_eq!(state(&admin, bad_run).await, "failed");
+    // The refused one failed its step (finally: it would be refused again); a's `on_failure:
+    // continue` lets the run go on.
+    assert_eq!(state(&admin, bad_run).await, "running");
     assert_eq!(
         steps(&admin, bad_run).await,
         vec![
@@ -742,7 +751,7 @@ async fn a_refused_result_fails_its_step_and_holds_back_no_other() {
                 1,
                 Some("ERR_INTERNAL".to_owned())
             ),
-            ("b".to_owned(), "cancelled".to_owned(), 0, None)
+            ("b".to_owned(), "queued".to_owned(), 0, None)
         ]
     );
     let message: String =
@@ -752,28 +761,50 @@ async fn a_refused_result_fails_its_step_and_holds_back_no_other() {
             .await
             .expect("attempt");
     assert!(message.contains("22007"), "{message}");
-    // Both jobs are done; nothing is left running.
+    let ids: Vec<i64> = contexts.iter().map(|c| c.job_id).collect();
     let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
         .bind(&ids)
         .fetch_all(&admin)
         .await
         .expect("jobs");
-    assert!(left.is_empty(), "{left:?}");
+    assert!(left.is_empty(), "both jobs are done: {left:?}");
     assert_counts_match(&admin, "after a refused result").await;
 
-    // A result that doesn't even name its step can't be stood in for: its job is left to its
-    // lease (it runs again when the lease expires).
-    let (claimed, _) = store::claim(&pool, worker, 16, Duration::from_secs(30), 16)
-        .await
-        .expect("claim");
-    assert_eq!(claimed.len(), 1, "the good run's b");
+    // Both b's: the bad run's gets a refused result too, and b's `on_failure: fail` fails the
+    // run. The good run's gets a result that doesn't even name its step: nothing can stand in
+    // for it, and its job is left to its lease (it runs again when the lease expires).
+    let contexts = claim_started(&pool, worker).await;
+    assert_eq!(contexts.len(), 2, "both runs' b");
+    let (good_b, bad_b) = if contexts[0].run_id == good_run {
+        (&contexts[0], &contexts[1])
+    } else {
+        (&contexts[1], &contexts[0])
+    };
+    let bad = item(bad_b, &[], "fail", json!("never"));
     let nameless =
-        json!({"job": claimed[0].job_id, "run": "not a run", "status": "failed"}).to_string();
-    let refused_jobs =
-        worker::record_one_by_one(&pool, worker, &[(claimed[0].job_id, nameless.as_str())]).await;
-    assert_eq!(refused_jobs, vec![claimed[0].job_id]);
+        json!({"job": good_b.job_id, "run": "not a run", "status": "failed"}).to_string();
+    let refused_jobs = worker::record_one_by_one(
+        &pool,
+        worker,
+        &[
+            (bad_b.job_id, bad.as_str()),
+            (good_b.job_id, nameless.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(refused_jobs, vec![bad_b.job_id, good_b.job_id]);
+    assert_eq!(state(&admin, bad_run).await, "failed");
+    assert_eq!(
+        steps(&admin, bad_run).await[1],
+        (
+            "b".to_owned(),
+            "failed".to_owned(),
+            1,
+            Some("ERR_INTERNAL".to_owned())
+        )
+    );
     let still: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
-        .bind(claimed[0].job_id)
+        .bind(good_b.job_id)
         .fetch_one(&admin)
         .await
         .expect("job");

@@ -617,6 +617,8 @@ async fn execute(
                 "finished_at": finished_at,
                 "dependents": def.dependents(&ctx.step_id),
                 "artifacts": stored,
+                // (unused by a success; a stand-in failure needs it, see `internal_failure`)
+                "on_failure": on_failure_name(&step.on_failure),
             });
             Ok(with_receipt(&item, &receipt_bytes))
         }
@@ -655,6 +657,14 @@ fn with_receipt(item: &Value, receipt: &[u8]) -> String {
         text.push('}');
     }
     text
+}
+
+/// `on_failure` as `operator_complete` reads it.
+fn on_failure_name(on_failure: &OnFailure) -> &'static str {
+    match on_failure {
+        OnFailure::Continue => "continue",
+        OnFailure::Fail => "fail",
+    }
 }
 
 /// A failed attempt's item: retried when attempts remain and the code allows it.
@@ -700,7 +710,7 @@ fn failed_item(
         "started_at": started_at,
         "finished_at": Utc::now(),
         "retry_in_ms": retry_in_ms,
-        "on_failure": match def.map(|(_, s)| &s.on_failure) { Some(OnFailure::Continue) => "continue", _ => "fail" },
+        "on_failure": def.map_or("fail", |(_, s)| on_failure_name(&s.on_failure)),
         "dependents": def.map(|(d, _)| d.dependents(&ctx.step_id)).unwrap_or_default(),
     });
     match receipt {
@@ -771,11 +781,19 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion
     }
 }
 
-/// Whether the database refused a call for its data (SQLSTATE classes 22, data exception, and
-/// 23, integrity constraint violation): sending the same batch again can't succeed.
+/// Whether the database refused a call for what it carries — SQLSTATE classes 22 (data
+/// exception), 23 (integrity constraint violation) and 54 (program limit exceeded, e.g. a value
+/// too large for an index), or a value that could not even be encoded: sending the same batch
+/// again can't succeed. (None of them comes from a race here: every insert of
+/// `operator_complete` that two workers could both make is `ON CONFLICT DO NOTHING`.)
 fn refused(error: &sqlx::Error) -> bool {
+    if matches!(error, sqlx::Error::Encode(_)) {
+        return true;
+    }
     let code = sqlstate(error);
-    code.starts_with("22") || code.starts_with("23")
+    ["22", "23", "54"]
+        .iter()
+        .any(|class| code.starts_with(class))
 }
 
 /// The SQLSTATE of a database error (empty for other errors).
@@ -787,15 +805,22 @@ fn sqlstate(error: &sqlx::Error) -> String {
 }
 
 /// Records a batch of results (a JSON array as text), retrying with backoff until it is
-/// recorded or refused for its data (see [`refused`]), which it returns.
-async fn complete_retrying(pool: &PgPool, worker: Uuid, items: &str) -> Result<(), sqlx::Error> {
+/// recorded (how many results it recorded: the others had been before) or refused for what it
+/// carries (see [`refused`]), which it returns.
+async fn complete_retrying(pool: &PgPool, worker: Uuid, items: &str) -> Result<u64, sqlx::Error> {
     let mut backoff = Duration::from_millis(50);
     loop {
         match store::complete(pool, worker, items).await {
-            Ok(_) => return Ok(()),
+            Ok(n) => return Ok(n),
             Err(e) if refused(&e) => return Err(e),
             Err(e) => {
-                tracing::warn!(error = %e, "recording results failed; retrying");
+                // (a database error by its code: its message might quote what was sent)
+                match &e {
+                    sqlx::Error::Database(_) => {
+                        tracing::warn!(sqlstate = %sqlstate(&e), "recording results failed; retrying");
+                    }
+                    _ => tracing::warn!(error = %e, "recording results failed; retrying"),
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -822,13 +847,19 @@ pub async fn record_one_by_one(pool: &PgPool, worker: Uuid, results: &[(i64, &st
         let recorded = match internal_failure(item, &code) {
             Some(failure) => complete_retrying(pool, worker, &format!("[{failure}]"))
                 .await
-                .is_ok(),
-            None => false,
+                .ok(),
+            None => None,
         };
-        if recorded {
-            tracing::error!(job, sqlstate = %code, "the database refused a step's result; recorded the step as failed with ERR_INTERNAL");
-        } else {
-            tracing::error!(job, sqlstate = %code, "the database refused a step's result and its failure; the step runs again when its lease expires");
+        match recorded {
+            Some(0) => {
+                tracing::warn!(job, sqlstate = %code, "the database refused a step's result; the attempt had been recorded already (by another worker)");
+            }
+            Some(_) => {
+                tracing::error!(job, sqlstate = %code, "the database refused a step's result; recorded the step as failed with ERR_INTERNAL");
+            }
+            None => {
+                tracing::error!(job, sqlstate = %code, "the database refused a step's result and its failure; the step runs again when its lease expires");
+            }
         }
     }
     refused_jobs
