@@ -659,6 +659,13 @@ fn with_receipt(item: &Value, receipt: &[u8]) -> String {
     text
 }
 
+/// The receipt of an attempt whose processor didn't run or whose result couldn't be recorded.
+fn minimal_receipt(execution_id: &str, code: &str) -> Vec<u8> {
+    builderos_canon::value_to_canonical_bytes(
+        &json!({"execution_id": execution_id, "status": "error", "error_code": code}),
+    )
+}
+
 /// `on_failure` as `operator_complete` reads it.
 fn on_failure_name(on_failure: &OnFailure) -> &'static str {
     match on_failure {
@@ -715,13 +722,7 @@ fn failed_item(
     });
     match receipt {
         Some(receipt) => with_receipt(&item, receipt),
-        // (no processor ran: a minimal receipt)
-        None => with_receipt(
-            &item,
-            &builderos_canon::value_to_canonical_bytes(
-                &json!({"execution_id": execution_id, "status": "error", "error_code": code}),
-            ),
-        ),
+        None => with_receipt(&item, &minimal_receipt(execution_id, code)),
     }
 }
 
@@ -874,7 +875,8 @@ fn internal_failure(item: &str, sqlstate: &str) -> Option<String> {
     let job = item.get("job")?.as_i64()?;
     let run = Uuid::parse_str(item.get("run")?.as_str()?).ok()?;
     let org = Uuid::parse_str(item.get("org")?.as_str()?).ok()?;
-    let step = item.get("step")?.as_str()?.replace('\0', "\u{fffd}");
+    // (no NUL can be in a step id or a dependent's: both come from PostgreSQL text and jsonb)
+    let step = item.get("step")?.as_str()?;
     let attempt = item.get("attempt")?.as_i64()?;
     let execution_id = Uuid::parse_str(item.get("execution_id")?.as_str()?)
         .ok()?
@@ -886,12 +888,7 @@ fn internal_failure(item: &str, sqlstate: &str) -> Option<String> {
     let dependents: Vec<&str> = item
         .get("dependents")
         .and_then(Value::as_array)
-        .map(|d| {
-            d.iter()
-                .filter_map(Value::as_str)
-                .filter(|s| !s.contains('\0'))
-                .collect()
-        })
+        .map(|d| d.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     let now = Utc::now();
     let failure = json!({
@@ -911,9 +908,7 @@ fn internal_failure(item: &str, sqlstate: &str) -> Option<String> {
     });
     Some(with_receipt(
         &failure,
-        &builderos_canon::value_to_canonical_bytes(
-            &json!({"execution_id": execution_id, "status": "error", "error_code": "ERR_INTERNAL"}),
-        ),
+        &minimal_receipt(&execution_id, "ERR_INTERNAL"),
     ))
 }
 
