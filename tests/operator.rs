@@ -209,16 +209,18 @@ async fn runs_a_dag_passing_outputs_and_writes_receipts_and_artifacts() {
     }
 
     // Artifacts are in the store under the recorded hashes, receipt.json beside the outputs.
-    let artifacts: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT path, sha256, size FROM artifacts WHERE run_id = $1 ORDER BY path")
-            .bind(run)
-            .fetch_all(&admin)
-            .await
-            .expect("artifacts");
+    let artifacts: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT path, sha256, size, location FROM artifacts WHERE run_id = $1 ORDER BY path",
+    )
+    .bind(run)
+    .fetch_all(&admin)
+    .await
+    .expect("artifacts");
     let store = LocalStore::new(builderos_test_support::test_config().artifacts_dir);
-    for (path, sha, size) in &artifacts {
+    for (path, sha, size, location) in &artifacts {
+        assert!(location.is_some(), "{path}: small blobs go to segments");
         let bytes = store
-            .get(t.org, sha)
+            .get(t.org, sha, location.as_deref())
             .unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(bytes.len() as i64, *size, "{path}");
         assert_eq!(&builderos_canon::sha256_hex(&bytes), sha, "{path}");
@@ -226,13 +228,13 @@ async fn runs_a_dag_passing_outputs_and_writes_receipts_and_artifacts() {
     assert!(
         artifacts
             .iter()
-            .any(|(p, _, _)| p == &format!("runs/{run}/join/1/receipt.json")),
+            .any(|(p, ..)| p == &format!("runs/{run}/join/1/receipt.json")),
         "{artifacts:?}"
     );
     assert!(
         artifacts
             .iter()
-            .any(|(p, _, _)| p == &format!("runs/{run}/right/1/part-0002")),
+            .any(|(p, ..)| p == &format!("runs/{run}/right/1/part-0002")),
         "{artifacts:?}"
     );
 

@@ -736,13 +736,14 @@ async fn viewers_read_everything_and_change_nothing() {
     .await
     .expect("attempt");
     sqlx::query(
-        "INSERT INTO artifacts (run_id, org_id, path, step_id, attempt, sha256, size) VALUES ($1::uuid, $2::uuid, $3, 'a', 1, $4, $5)",
+        "INSERT INTO artifacts (run_id, org_id, path, step_id, attempt, sha256, size, location) VALUES ($1::uuid, $2::uuid, $3, 'a', 1, $4, $5, $6)",
     )
     .bind(&run_id)
     .bind(&w.org)
     .bind(&path)
     .bind(&stored.sha256)
     .bind(i64::try_from(stored.size).expect("size"))
+    .bind(&stored.location)
     .execute(&su)
     .await
     .expect("artifact");
@@ -853,7 +854,41 @@ async fn viewers_read_everything_and_change_nothing() {
         .await
         .expect("download");
     assert_eq!(res.status(), 304);
+    // A large artifact is a file of its own in the store (no location); one whose recorded
+    // location names nothing is gone from the store: both as a download shows them.
+    let large = vec![b'l'; (1 << 20) + 1];
+    let stored_large = LocalStore::new(builderos_test_support::test_config().artifacts_dir)
+        .put(w.org.parse().expect("org id"), &large)
+        .expect("put");
+    assert_eq!(stored_large.location, None);
+    sqlx::query(
+        "INSERT INTO artifacts (run_id, org_id, path, step_id, attempt, sha256, size, location) VALUES \
+         ($1::uuid, $2::uuid, $3, 'a', 1, $4, $5, NULL), \
+         ($1::uuid, $2::uuid, $6, 'a', 1, $7, 14, 'segment/00000000-0000-7000-8000-000000000000/0')",
+    )
+    .bind(&run_id)
+    .bind(&w.org)
+    .bind(format!("runs/{run_id}/a/1/large.bin"))
+    .bind(&stored_large.sha256)
+    .bind(i64::try_from(stored_large.size).expect("size"))
+    .bind(format!("runs/{run_id}/a/1/gone.txt"))
+    .bind(&stored.sha256)
+    .execute(&su)
+    .await
+    .expect("artifacts");
+    let res = w
+        .request(
+            Method::GET,
+            &r(&format!("/artifacts/runs/{run_id}/a/1/large.bin")),
+            vic,
+        )
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.expect("bytes").as_ref(), &large[..]);
     for missing in [
+        format!("runs/{run_id}/a/1/gone.txt"),
         format!("runs/{run_id}/a/1/other.txt"),
         "..%2F..%2Fetc%2Fpasswd".to_owned(),
     ] {

@@ -3,46 +3,57 @@
 //!
 //! A run's artifacts have logical paths — a step attempt's outputs and its `index.json` and
 //! `receipt.json` side by side under `runs/<run>/<step>/<attempt>/` — recorded in the
-//! `artifacts` table with each file's SHA-256 and size. The store keeps the bytes under that
-//! digest, so what a path names can never change after it was recorded (a racing second
-//! attempt writes its own blobs, it cannot overwrite the first one's), equal bytes are kept once
-//! per org, and storing a step's files needs no directories of its own.
+//! `artifacts` table with each file's SHA-256, size and the store's location for it. Blobs are
+//! never overwritten and every read is checked against the digest, so what a path names can
+//! never change after it was recorded (a racing second attempt writes its own blobs, it cannot
+//! overwrite the first one's).
+//!
+//! [`LocalStore`] appends small blobs (a no-op step's receipt, most indexes and outputs) to
+//! per-process segment files and keeps large ones as files named by their digest: a new file
+//! per blob costs an inode, and allocating inodes was most of the operator's CPU per step.
 //!
 //! The API is blocking; async callers wrap it in `spawn_blocking`.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, ErrorKind, Write as _};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
 /// What a `put` stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blob {
-    /// Lowercase hex SHA-256 of the bytes: the blob's name in the store.
+    /// Lowercase hex SHA-256 of the bytes.
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
+    /// Where the store keeps the bytes, when their digest alone doesn't say: recorded with the
+    /// artifact and handed back to [`ArtifactStore::get`]. Opaque to everyone but the store.
+    pub location: Option<String>,
 }
 
-/// Stores blobs per org, named by their SHA-256.
+/// Stores blobs per org, checked against their SHA-256.
 pub trait ArtifactStore: Send + Sync + Debug {
-    /// Stores `bytes` for `org` under their digest; bytes already stored are not written again.
-    /// Readers never see a partly written blob. The bytes are durable once
-    /// [`ArtifactStore::sync`] returns (the worker syncs once per batch of results, before
-    /// recording them).
+    /// Stores `bytes` for `org`. Nothing stored is ever overwritten, and readers never see a
+    /// partly written blob. The bytes are durable once [`ArtifactStore::sync`] returns (the
+    /// worker syncs once per batch of results, before recording them).
     ///
     /// # Errors
-    /// `PermissionDenied` when a directory of the store is a symlink; any I/O error.
+    /// `PermissionDenied` when a directory or file of the store is a symlink; any I/O error.
     fn put(&self, org: Uuid, bytes: &[u8]) -> io::Result<Blob>;
 
-    /// The bytes stored for `org` under `sha256`, checked against it.
+    /// The bytes stored for `org` under `sha256` (at `location`, as `put` returned it), checked
+    /// against the digest.
     ///
     /// # Errors
-    /// `InvalidInput` for a name that is not a lowercase hex SHA-256; `NotFound` when nothing
-    /// is stored under it for this org; `InvalidData` when the stored bytes no longer match it;
-    /// `PermissionDenied` for a symlink; any I/O error.
-    fn get(&self, org: Uuid, sha256: &str) -> io::Result<Vec<u8>>;
+    /// `InvalidInput` for a name that is not a lowercase hex SHA-256 or a location this store
+    /// never returns; `NotFound` when nothing is stored there for this org; `InvalidData` when
+    /// the stored bytes don't match the digest; `PermissionDenied` for a symlink; any I/O
+    /// error.
+    fn get(&self, org: Uuid, sha256: &str, location: Option<&str>) -> io::Result<Vec<u8>>;
 
     /// Makes everything stored so far durable.
     ///
@@ -60,7 +71,24 @@ pub trait ArtifactStore: Send + Sync + Debug {
     }
 }
 
-/// Blobs under `<root>/<org>/sha256/<first two hex digits>/<digest>` on a local file system.
+/// Blobs up to this size are appended to a segment.
+const SEGMENT_BLOB_MAX: u64 = 1 << 20;
+/// A segment past this size is closed and the next blob starts a new one.
+const SEGMENT_MAX: u64 = 64 << 20;
+/// Segments kept open at once (one per org written to lately); closing one starts a new
+/// segment for its org at the next write.
+const OPEN_SEGMENTS_MAX: usize = 64;
+/// A segment record's header: the digest, a space, the size in 20 decimal digits, a newline.
+const HEADER_LEN: usize = 64 + 1 + 20 + 1;
+
+/// Blobs on a local file system, per org:
+///
+/// - up to 1 MiB, appended to a segment, `<root>/<org>/segments/<segment id>.seg`: each record
+///   is a header line (`<sha256> <size, 20 digits>\n`) and the bytes. Every process writes
+///   segments of its own (a new id each time), appends at offsets it tracks itself and never
+///   rewrites a byte; the location is `segment/<id>/<offset>`.
+/// - larger, `<root>/<org>/sha256/<first two hex digits>/<digest>`, written through a
+///   temporary file and a rename; equal bytes are kept once per org.
 ///
 /// Symlinks below the root are refused on every component, so a planted link cannot lead a
 /// write or read outside the org's directory. The check and the use are separate system calls:
@@ -68,13 +96,38 @@ pub trait ArtifactStore: Send + Sync + Debug {
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    segment_max: u64,
+    /// Shared by clones: one process's open segments.
+    segments: Arc<Mutex<Segments>>,
+}
+
+#[derive(Debug, Default)]
+struct Segments {
+    /// The segment each org's next small blob goes to.
+    open: HashMap<Uuid, Segment>,
+    /// Segments written since the last sync, by id.
+    unsynced: HashMap<Uuid, Arc<File>>,
+    /// A file or directory entry was created since the last sync (a large blob or a new
+    /// segment): the next sync flushes the whole file system.
+    new_entries: bool,
+}
+
+#[derive(Debug)]
+struct Segment {
+    id: Uuid,
+    file: Arc<File>,
+    len: u64,
 }
 
 impl LocalStore {
     /// A store rooted at `root` (created on first `put`).
     #[must_use]
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            segment_max: SEGMENT_MAX,
+            segments: Arc::default(),
+        }
     }
 
     /// The root directory.
@@ -83,33 +136,31 @@ impl LocalStore {
         &self.root
     }
 
-    /// Where the blob named `sha256` of `org` lives (for tests; `sha256` is not checked).
-    #[cfg(test)]
-    fn blob_path(&self, org: Uuid, sha256: &str) -> PathBuf {
-        let fan = sha256.get(..2).unwrap_or("");
-        self.root
-            .join(org.to_string())
-            .join("sha256")
-            .join(fan)
-            .join(sha256)
+    fn lock(&self) -> MutexGuard<'_, Segments> {
+        // (a panic while holding the lock leaves the maps consistent: no invariant spans them)
+        self.segments
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The directory holding `sha256`'s blob, every component below the root checked (and
-    /// created when `create`).
-    fn locate(&self, org: Uuid, sha256: &str, create: bool) -> io::Result<PathBuf> {
+    /// `<root>/<org>/<components…>`, every component below the root checked (and created when
+    /// `create`).
+    fn locate(&self, org: Uuid, components: &[&str], create: bool) -> io::Result<PathBuf> {
         let mut dir = self.root.clone();
         let org = org.to_string();
-        let fan = sha256.get(..2).unwrap_or("");
-        for component in [org.as_str(), "sha256", fan] {
+        for (i, component) in std::iter::once(org.as_str())
+            .chain(components.iter().copied())
+            .enumerate()
+        {
             dir.push(component);
             match fs::symlink_metadata(&dir) {
                 Ok(meta) => ensure_real_dir(&dir, &meta)?,
                 Err(e) if e.kind() == ErrorKind::NotFound && create => {
-                    if component == org {
+                    if i == 0 {
                         fs::create_dir_all(&self.root)?;
                     }
                     match fs::create_dir(&dir) {
-                        Ok(()) => {}
+                        Ok(()) => self.lock().new_entries = true,
                         // Another writer made it first; check what it made.
                         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                             ensure_real_dir(&dir, &fs::symlink_metadata(&dir)?)?;
@@ -122,15 +173,101 @@ impl LocalStore {
         }
         Ok(dir)
     }
-}
 
-impl ArtifactStore for LocalStore {
-    fn put(&self, org: Uuid, bytes: &[u8]) -> io::Result<Blob> {
-        let blob = Blob {
-            sha256: builderos_canon::sha256_hex(bytes),
-            size: bytes.len() as u64,
+    /// Appends `bytes` to `org`'s open segment (a new one when it has none or it is full).
+    fn append(&self, org: Uuid, sha256: &str, bytes: &[u8]) -> io::Result<String> {
+        let mut record = Vec::with_capacity(HEADER_LEN + bytes.len());
+        writeln!(record, "{sha256} {:020}", bytes.len())?;
+        record.extend_from_slice(bytes);
+        let record_len = record.len() as u64;
+
+        let mut segments = self.lock();
+        let full = segments
+            .open
+            .get(&org)
+            .is_none_or(|s| s.len > 0 && s.len + record_len > self.segment_max);
+        if full {
+            drop(segments);
+            let segment = self.create_segment(org)?;
+            segments = self.lock();
+            if segments.open.len() >= OPEN_SEGMENTS_MAX
+                && let Some(&other) = segments.open.keys().find(|&&o| o != org)
+            {
+                segments.open.remove(&other);
+            }
+            segments.open.insert(org, segment);
+        }
+        let Some(segment) = segments.open.get_mut(&org) else {
+            return Err(io::Error::other("no open segment"));
         };
-        let dir = self.locate(org, &blob.sha256, true)?;
+        let (id, offset) = (segment.id, segment.len);
+        if let Err(e) = segment.file.write_all_at(&record, offset) {
+            // Whatever part was written stays unreferenced: the next blob starts a new segment.
+            segments.open.remove(&org);
+            return Err(e);
+        }
+        segment.len += record_len;
+        let file = segment.file.clone();
+        segments.unsynced.insert(id, file);
+        Ok(format!("segment/{id}/{offset}"))
+    }
+
+    fn create_segment(&self, org: Uuid) -> io::Result<Segment> {
+        let dir = self.locate(org, &["segments"], true)?;
+        let id = Uuid::now_v7();
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(format!("{id}.seg")))?;
+        self.lock().new_entries = true;
+        Ok(Segment {
+            id,
+            file: Arc::new(file),
+            len: 0,
+        })
+    }
+
+    /// The bytes of the record at `location`, if it holds `sha256`.
+    fn read_record(&self, org: Uuid, sha256: &str, location: &str) -> io::Result<Vec<u8>> {
+        let (id, offset) = parse_location(location)?;
+        let path = self
+            .locate(org, &["segments"], false)?
+            .join(format!("{id}.seg"));
+        let file = open_nofollow(&path)?;
+        let damaged = || {
+            io::Error::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "`{}` holds no record of `{sha256}` at {offset}",
+                    path.display()
+                ),
+            )
+        };
+        let mut header = [0_u8; HEADER_LEN];
+        file.read_exact_at(&mut header, offset).map_err(|e| {
+            if e.kind() == ErrorKind::UnexpectedEof {
+                damaged()
+            } else {
+                e
+            }
+        })?;
+        let size = parse_header(&header, sha256).ok_or_else(damaged)?;
+        let mut bytes = vec![0_u8; usize::try_from(size).map_err(|_| damaged())?];
+        file.read_exact_at(&mut bytes, offset + HEADER_LEN as u64)
+            .map_err(|e| {
+                if e.kind() == ErrorKind::UnexpectedEof {
+                    damaged()
+                } else {
+                    e
+                }
+            })?;
+        Ok(bytes)
+    }
+
+    /// Stores `bytes` as `<org>/sha256/<fan>/<digest>` unless equal bytes are there already.
+    fn put_file(&self, org: Uuid, blob: &Blob, bytes: &[u8]) -> io::Result<()> {
+        let fan = blob.sha256.get(..2).unwrap_or("");
+        let dir = self.locate(org, &["sha256", fan], true)?;
         let target = dir.join(&blob.sha256);
         match fs::symlink_metadata(&target) {
             Ok(meta) if meta.file_type().is_symlink() => return Err(symlink(&target)),
@@ -141,7 +278,7 @@ impl ArtifactStore for LocalStore {
                     && meta.len() == blob.size
                     && read_nofollow(&target).is_ok_and(|stored| stored == bytes) =>
             {
-                return Ok(blob);
+                return Ok(());
             }
             Ok(meta) if meta.is_dir() => {
                 return Err(io::Error::new(
@@ -154,32 +291,111 @@ impl ArtifactStore for LocalStore {
             Err(e) => return Err(e),
         }
         write_atomic(&dir, &target, bytes)?;
+        self.lock().new_entries = true;
+        Ok(())
+    }
+}
+
+impl ArtifactStore for LocalStore {
+    fn put(&self, org: Uuid, bytes: &[u8]) -> io::Result<Blob> {
+        let mut blob = Blob {
+            sha256: builderos_canon::sha256_hex(bytes),
+            size: bytes.len() as u64,
+            location: None,
+        };
+        if blob.size <= SEGMENT_BLOB_MAX {
+            blob.location = Some(self.append(org, &blob.sha256, bytes)?);
+        } else {
+            self.put_file(org, &blob, bytes)?;
+        }
         Ok(blob)
     }
 
-    fn get(&self, org: Uuid, sha256: &str) -> io::Result<Vec<u8>> {
+    fn get(&self, org: Uuid, sha256: &str, location: Option<&str>) -> io::Result<Vec<u8>> {
         check_digest(sha256)?;
-        let target = self.locate(org, sha256, false)?.join(sha256);
-        let bytes = read_nofollow(&target)?;
+        let bytes = match location {
+            Some(location) => self.read_record(org, sha256, location)?,
+            None => {
+                let fan = sha256.get(..2).unwrap_or("");
+                read_nofollow(&self.locate(org, &["sha256", fan], false)?.join(sha256))?
+            }
+        };
         if builderos_canon::sha256_hex(&bytes) != sha256 {
             return Err(io::Error::new(
                 ErrorKind::InvalidData,
-                format!("the blob `{}` does not match its digest", target.display()),
+                format!("the blob `{sha256}` of org {org} does not match its digest"),
             ));
         }
         Ok(bytes)
     }
 
-    /// One `syncfs(2)` of the file system holding the root: the files and renames of every
-    /// `put` so far reach the disk together (a group commit instead of an fsync per file).
+    /// An `fdatasync` of each segment written since the last sync; one `syncfs(2)` of the file
+    /// system holding the root instead when files or directories were created meanwhile (their
+    /// names must reach the disk too), which happens once per segment and per large blob.
     fn sync(&self) -> io::Result<()> {
-        match fs::File::open(&self.root) {
-            Ok(root) => nix::unistd::syncfs(&root).map_err(io::Error::from),
-            // Nothing was ever stored.
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+        let (unsynced, new_entries) = {
+            let mut segments = self.lock();
+            (
+                std::mem::take(&mut segments.unsynced),
+                std::mem::take(&mut segments.new_entries),
+            )
+        };
+        let synced = if new_entries {
+            match File::open(&self.root) {
+                Ok(root) => nix::unistd::syncfs(&root).map_err(io::Error::from),
+                // Nothing was ever stored.
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            unsynced.values().try_for_each(|file| file.sync_data())
+        };
+        if synced.is_err() {
+            // The next sync tries again, all of it.
+            let mut segments = self.lock();
+            segments.new_entries = true;
+            segments.unsynced.extend(unsynced);
         }
+        synced
     }
+}
+
+/// `segment/<id>/<offset>` as `put` wrote it: anything else is refused before the file system
+/// sees it.
+fn parse_location(location: &str) -> io::Result<(Uuid, u64)> {
+    let invalid = || {
+        io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("`{location}` is not a location of this store"),
+        )
+    };
+    let rest = location.strip_prefix("segment/").ok_or_else(invalid)?;
+    let (id, offset) = rest.split_once('/').ok_or_else(invalid)?;
+    let id = Uuid::try_parse(id).map_err(|_| invalid())?;
+    // (only the hyphenated lowercase form `put` writes, and plain decimal digits)
+    if format!("segment/{id}/{offset}") != location
+        || offset.is_empty()
+        || !offset.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid());
+    }
+    Ok((id, offset.parse().map_err(|_| invalid())?))
+}
+
+/// The size in a record's header, if the header names `sha256` and a size a segment can hold.
+fn parse_header(header: &[u8; HEADER_LEN], sha256: &str) -> Option<u64> {
+    let (digest, rest) = header.split_at(64);
+    let (space, rest) = rest.split_first()?;
+    let (size, newline) = rest.split_at(20);
+    if digest != sha256.as_bytes()
+        || *space != b' '
+        || newline != b"\n"
+        || !size.iter().all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    let size: u64 = std::str::from_utf8(size).ok()?.parse().ok()?;
+    (size <= SEGMENT_BLOB_MAX).then_some(size)
 }
 
 /// Writes `bytes` as `target` (in `dir`) through a temporary file and a rename.
@@ -233,12 +449,12 @@ fn symlink(path: &Path) -> io::Error {
     )
 }
 
-/// The file at `path`, refused (`PermissionDenied`) when `path` itself is a symlink: opened
-/// with `O_NOFOLLOW`, so no link can be swapped in between a check and the read.
-fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read as _;
+/// The file at `path`, opened for reading and refused (`PermissionDenied`) when `path` itself
+/// is a symlink: opened with `O_NOFOLLOW`, so no link can be swapped in between a check and the
+/// read.
+fn open_nofollow(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = fs::OpenOptions::new()
+    fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(path)
@@ -249,9 +465,13 @@ fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
             } else {
                 e
             }
-        })?;
+        })
+}
+
+fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    open_nofollow(path)?.read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -273,26 +493,142 @@ mod tests {
         (dir, store)
     }
 
-    /// Bytes land under their digest and read back; equal bytes are kept once; another org's
-    /// blob is not found; no temporary files stay behind.
+    /// Where a large blob lives.
+    fn blob_path(store: &LocalStore, org: Uuid, sha256: &str) -> PathBuf {
+        store
+            .root()
+            .join(org.to_string())
+            .join("sha256")
+            .join(&sha256[..2])
+            .join(sha256)
+    }
+
+    /// The segment file a location names.
+    fn segment_path(store: &LocalStore, org: Uuid, location: &str) -> PathBuf {
+        let (id, _) = parse_location(location).expect("location");
+        store
+            .root()
+            .join(org.to_string())
+            .join("segments")
+            .join(format!("{id}.seg"))
+    }
+
+    fn large(fill: u8) -> Vec<u8> {
+        vec![fill; usize::try_from(SEGMENT_BLOB_MAX).expect("size") + 1]
+    }
+
+    /// Small blobs go to one segment, one after the other, and read back by their location;
+    /// the records are self-describing; another org finds nothing there.
     #[test]
-    fn put_then_get() {
+    fn small_blobs_share_a_segment() {
         let (_dir, store) = store();
         let org = Uuid::new_v4();
-        let blob = store.put(org, b"hello").expect("put");
-        assert_eq!(blob.size, 5);
-        assert_eq!(blob.sha256, builderos_canon::sha256_hex(b"hello"));
-        let on_disk = store.blob_path(org, &blob.sha256);
-        assert!(on_disk.ends_with(format!("sha256/{}/{}", &blob.sha256[..2], blob.sha256)));
-        assert_eq!(fs::read(&on_disk).expect("read"), b"hello");
-        assert_eq!(store.get(org, &blob.sha256).expect("get"), b"hello");
+        let blobs = store
+            .put_all(org, &[b"hello", b"", b"hello"])
+            .expect("put_all");
+        assert_eq!(blobs[0].size, 5);
+        assert_eq!(blobs[0].sha256, builderos_canon::sha256_hex(b"hello"));
+        let locations: Vec<&str> = blobs
+            .iter()
+            .map(|b| b.location.as_deref().expect("a small blob has a location"))
+            .collect();
+        assert_ne!(locations[0], locations[2], "appended, never shared");
+        assert_eq!(
+            segment_path(&store, org, locations[0]),
+            segment_path(&store, org, locations[2])
+        );
+        for (blob, expected) in blobs.iter().zip([&b"hello"[..], b"", b"hello"]) {
+            assert_eq!(
+                store
+                    .get(org, &blob.sha256, blob.location.as_deref())
+                    .expect("get"),
+                expected
+            );
+        }
+        let segment = fs::read(segment_path(&store, org, locations[0])).expect("segment");
+        let first = format!("{} {:020}\nhello", blobs[0].sha256, 5);
+        assert!(segment.starts_with(first.as_bytes()));
+        store.sync().expect("sync");
+
+        // Another org, or another blob's digest at this location: not served.
+        let other = Uuid::new_v4();
+        assert_eq!(
+            store
+                .get(other, &blobs[0].sha256, Some(locations[0]))
+                .expect_err("other org")
+                .kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            store
+                .get(org, &blobs[1].sha256, Some(locations[0]))
+                .expect_err("another blob's record")
+                .kind(),
+            ErrorKind::InvalidData
+        );
+        // Past the end of the segment.
+        let (id, _) = parse_location(locations[0]).expect("location");
+        let beyond = format!("segment/{id}/{}", segment.len());
+        assert_eq!(
+            store
+                .get(org, &blobs[0].sha256, Some(&beyond))
+                .expect_err("beyond")
+                .kind(),
+            ErrorKind::InvalidData
+        );
+    }
+
+    /// Two stores (two processes) never write the same segment; a full segment is closed and
+    /// the next blob starts another.
+    #[test]
+    fn segments_per_store_and_rotation() {
+        let (dir, store) = store();
+        let org = Uuid::new_v4();
+        let mut second = LocalStore::new(dir.path().join("artifacts"));
+        second.segment_max = 100;
+        let a = store.put(org, b"first").expect("put");
+        let b = second.put(org, b"second").expect("put");
+        let (a_loc, b_loc) = (a.location.expect("loc"), b.location.expect("loc"));
+        assert_ne!(
+            segment_path(&store, org, &a_loc),
+            segment_path(&store, org, &b_loc)
+        );
+        let c = second
+            .put(org, b"third")
+            .expect("put")
+            .location
+            .expect("loc");
+        assert_ne!(
+            segment_path(&store, org, &b_loc),
+            segment_path(&store, org, &c),
+            "the second record would pass 100 bytes"
+        );
+        assert_eq!(
+            store
+                .get(org, &builderos_canon::sha256_hex(b"third"), Some(&c))
+                .expect("read another store's segment"),
+            b"third"
+        );
+        second.sync().expect("sync");
+    }
+
+    /// Large blobs are files named by their digest: equal bytes are kept once, and no
+    /// temporary files stay behind.
+    #[test]
+    fn large_blobs_are_files() {
+        let (_dir, store) = store();
+        let org = Uuid::new_v4();
+        let bytes = large(b'x');
+        let blob = store.put(org, &bytes).expect("put");
+        assert_eq!(blob.location, None);
+        let on_disk = blob_path(&store, org, &blob.sha256);
+        assert_eq!(fs::read(&on_disk).expect("read"), bytes);
+        assert_eq!(store.get(org, &blob.sha256, None).expect("get"), bytes);
 
         // (a write would rename a new file, with a new inode, into place)
         let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).expect("meta"));
         let first = inode(&on_disk);
-        let again = store.put_all(org, &[b"hello", b"other"]).expect("put_all");
-        assert_eq!(again[0], blob);
-        assert_eq!(again[1].sha256, builderos_canon::sha256_hex(b"other"));
+        assert_eq!(store.put(org, &bytes).expect("again"), blob);
         assert_eq!(inode(&on_disk), first, "equal bytes are not written again");
         let leftovers: Vec<_> = fs::read_dir(on_disk.parent().expect("dir"))
             .expect("dir")
@@ -303,20 +639,20 @@ mod tests {
             1,
             "no temp files left behind: {leftovers:?}"
         );
-
-        let other = Uuid::new_v4();
+        store.sync().expect("sync");
         assert_eq!(
             store
-                .get(other, &blob.sha256)
+                .get(Uuid::new_v4(), &blob.sha256, None)
                 .expect_err("other org")
                 .kind(),
             ErrorKind::NotFound
         );
     }
 
-    /// A name that is not a digest is refused before touching the disk.
+    /// A name that is not a digest, or a location this store never writes, is refused before
+    /// touching the disk.
     #[test]
-    fn refuses_names_that_are_not_digests() {
+    fn refuses_names_and_locations_it_never_wrote() {
         let (_dir, store) = store();
         let org = Uuid::new_v4();
         let upper = builderos_canon::sha256_hex(b"x").to_uppercase();
@@ -329,33 +665,84 @@ mod tests {
             "00/0000000000000000000000000000000000000000000000000000000000000",
         ] {
             assert_eq!(
-                store.get(org, bad).expect_err(bad).kind(),
+                store.get(org, bad, None).expect_err(bad).kind(),
+                ErrorKind::InvalidInput,
+                "{bad:?}"
+            );
+        }
+        let sha = builderos_canon::sha256_hex(b"x");
+        let id = Uuid::now_v7();
+        for bad in [
+            String::new(),
+            "segment/".to_owned(),
+            format!("segment/{id}"),
+            format!("segment/{id}/"),
+            format!("segment/{id}/+1"),
+            format!("segment/{id}/1/2"),
+            format!("segment/{}/0", id.simple()),
+            format!("segment/{}/0", id.to_string().to_uppercase()),
+            format!("segment/../{id}/0"),
+            format!("segment/{id}/99999999999999999999999"),
+            format!("sha256/{id}/0"),
+        ] {
+            assert_eq!(
+                store.get(org, &sha, Some(&bad)).expect_err(&bad).kind(),
                 ErrorKind::InvalidInput,
                 "{bad:?}"
             );
         }
     }
 
-    /// A blob changed on disk is reported, not served; the next put of its bytes writes it
-    /// again, whether the damage changed its size or not.
+    /// Bytes changed on disk are reported, not served: in a segment, whether the record's
+    /// bytes or its header; a large blob, whose next put writes it again.
     #[test]
     fn damaged_blobs() {
         let (_dir, store) = store();
         let org = Uuid::new_v4();
-        let blob = store.put(org, b"the bytes").expect("put");
-        let path = store.blob_path(org, &blob.sha256);
+        let small = store.put(org, b"the bytes").expect("put");
+        let location = small.location.clone().expect("location");
+        let path = segment_path(&store, org, &location);
+        let clean = fs::read(&path).expect("segment");
+        for at in [HEADER_LEN + 2, 70] {
+            let mut damaged = clean.clone();
+            damaged[at] ^= 1;
+            fs::write(&path, &damaged).expect("tamper");
+            assert_eq!(
+                store
+                    .get(org, &small.sha256, Some(&location))
+                    .expect_err("damaged")
+                    .kind(),
+                ErrorKind::InvalidData,
+                "damage at {at}"
+            );
+        }
+        fs::write(&path, &clean[..clean.len() - 1]).expect("truncate");
+        assert_eq!(
+            store
+                .get(org, &small.sha256, Some(&location))
+                .expect_err("truncated")
+                .kind(),
+            ErrorKind::InvalidData
+        );
+
+        let bytes = large(b'y');
+        let blob = store.put(org, &bytes).expect("put");
+        let path = blob_path(&store, org, &blob.sha256);
         for damage in [&b"the bytez"[..], b"the"] {
             fs::write(&path, damage).expect("tamper");
             assert_eq!(
-                store.get(org, &blob.sha256).expect_err("damaged").kind(),
+                store
+                    .get(org, &blob.sha256, None)
+                    .expect_err("damaged")
+                    .kind(),
                 ErrorKind::InvalidData
             );
-            assert_eq!(store.put(org, b"the bytes").expect("put again"), blob);
-            assert_eq!(store.get(org, &blob.sha256).expect("get"), b"the bytes");
+            assert_eq!(store.put(org, &bytes).expect("put again"), blob);
+            assert_eq!(store.get(org, &blob.sha256, None).expect("get"), bytes);
         }
     }
 
-    /// A symlinked directory or blob below the root is refused for writes and reads.
+    /// A symlinked directory, segment or blob below the root is refused for writes and reads.
     #[cfg(unix)]
     #[test]
     fn refuses_symlinks() {
@@ -363,32 +750,71 @@ mod tests {
         let outside = dir.path().join("outside");
         fs::create_dir_all(&outside).expect("mkdir");
 
-        // The org's digest directory is a link to somewhere else.
+        // The org's segments directory is a link to somewhere else.
         let org = Uuid::new_v4();
-        store.put(org, b"x").expect("put");
-        let org_dir = store.root().join(org.to_string());
-        fs::remove_dir_all(org_dir.join("sha256")).expect("rm");
-        std::os::unix::fs::symlink(&outside, org_dir.join("sha256")).expect("symlink");
+        let blob = store.put(org, b"x").expect("put");
+        let location = blob.location.expect("location");
+        let segments = store.root().join(org.to_string()).join("segments");
+        fs::rename(&segments, outside.join("moved")).expect("move");
+        std::os::unix::fs::symlink(outside.join("moved"), &segments).expect("symlink");
         assert_eq!(
-            store.put(org, b"y").expect_err("put").kind(),
+            store
+                .get(org, &blob.sha256, Some(&location))
+                .expect_err("read")
+                .kind(),
             ErrorKind::PermissionDenied
         );
-        assert_eq!(fs::read_dir(&outside).expect("dir").count(), 0);
+        assert_eq!(
+            LocalStore::new(store.root())
+                .put(org, b"y")
+                .expect_err("put")
+                .kind(),
+            ErrorKind::PermissionDenied
+        );
 
-        // A blob is a link to a file outside.
+        // A segment is a link to a file outside.
         let org = Uuid::new_v4();
         let blob = store.put(org, b"z").expect("put");
-        let path = store.blob_path(org, &blob.sha256);
+        let location = blob.location.expect("location");
+        let path = segment_path(&store, org, &location);
+        fs::rename(&path, outside.join("segment")).expect("move");
+        std::os::unix::fs::symlink(outside.join("segment"), &path).expect("symlink");
+        assert_eq!(
+            store
+                .get(org, &blob.sha256, Some(&location))
+                .expect_err("read")
+                .kind(),
+            ErrorKind::PermissionDenied
+        );
+
+        // A large blob is a link to a file outside; so is the org's digest directory.
+        let org = Uuid::new_v4();
+        let bytes = large(b'z');
+        let blob = store.put(org, &bytes).expect("put");
+        let path = blob_path(&store, org, &blob.sha256);
         fs::remove_file(&path).expect("rm");
-        fs::write(outside.join("secret"), b"z").expect("write");
+        fs::write(outside.join("secret"), &bytes).expect("write");
         std::os::unix::fs::symlink(outside.join("secret"), &path).expect("symlink");
         assert_eq!(
-            store.get(org, &blob.sha256).expect_err("read").kind(),
+            store.get(org, &blob.sha256, None).expect_err("read").kind(),
             ErrorKind::PermissionDenied
         );
         assert_eq!(
-            store.put(org, b"z").expect_err("put").kind(),
+            store.put(org, &bytes).expect_err("put").kind(),
             ErrorKind::PermissionDenied
+        );
+        let org_dir = store.root().join(org.to_string());
+        fs::remove_dir_all(org_dir.join("sha256")).expect("rm");
+        fs::create_dir_all(outside.join("digests")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.join("digests"), org_dir.join("sha256"))
+            .expect("symlink");
+        assert_eq!(
+            store.put(org, &bytes).expect_err("put").kind(),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            fs::read_dir(outside.join("digests")).expect("dir").count(),
+            0
         );
     }
 
@@ -398,7 +824,7 @@ mod tests {
         let (_dir, store) = store();
         let org = Uuid::new_v4();
         fs::create_dir_all(store.root().join(org.to_string())).expect("mkdir");
-        fs::write(store.root().join(org.to_string()).join("sha256"), b"x").expect("write");
+        fs::write(store.root().join(org.to_string()).join("segments"), b"x").expect("write");
         assert_eq!(
             store.put(org, b"y").expect_err("clash").kind(),
             ErrorKind::NotADirectory

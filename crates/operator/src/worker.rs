@@ -560,7 +560,8 @@ async fn execute(
                     .into_iter()
                     .zip(&all)
                     .map(|(blob, (path, _))| {
-                        json!({"path": path, "sha256": blob.sha256, "size": blob.size})
+                        json!({"path": path, "sha256": blob.sha256, "size": blob.size,
+                               "location": blob.location})
                     })
                     .collect();
                 Ok::<_, std::io::Error>((stored, files))

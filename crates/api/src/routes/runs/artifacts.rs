@@ -91,14 +91,14 @@ async fn download_artifact(
 ) -> Result<Response, ApiError> {
     let (mut tx, access, found) = open_run(&state, &auth, &org, &run, Permission::RunsRead).await?;
     let (org, run) = (access.org_id, found.id);
-    let sha256: Option<String> =
-        sqlx::query_scalar("SELECT sha256 FROM artifacts WHERE run_id = $1 AND path = $2")
+    let found: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT sha256, location FROM artifacts WHERE run_id = $1 AND path = $2")
             .bind(run)
             .bind(&path)
             .fetch_optional(&mut *tx)
             .await?;
     tx.commit().await?;
-    let sha256 = sha256.ok_or_else(|| ApiError::not_found("artifact"))?;
+    let (sha256, location) = found.ok_or_else(|| ApiError::not_found("artifact"))?;
     let etag = format!("\"{sha256}\"");
     let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::internal(&e))?;
     let cached = headers
@@ -109,7 +109,7 @@ async fn download_artifact(
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
     let store = state.artifacts.clone();
-    let bytes = tokio::task::spawn_blocking(move || store.get(org, &sha256))
+    let bytes = tokio::task::spawn_blocking(move || store.get(org, &sha256, location.as_deref()))
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(|e| {
