@@ -61,6 +61,14 @@ pub trait ArtifactStore: Send + Sync + Debug {
     /// The I/O error of the flush.
     fn sync(&self) -> io::Result<()>;
 
+    /// Whether storing `size` bytes is quick enough to do on an async runtime's thread: no
+    /// network, no waiting for the disk, a few system calls at most. Callers hand slower puts
+    /// to `spawn_blocking`. The default says no.
+    fn puts_quickly(&self, size: u64) -> bool {
+        let _ = size;
+        false
+    }
+
     /// Stores several blobs for `org` (one step attempt's outputs, index and receipt), in order;
     /// the same as a `put` of each, which is what the default does.
     ///
@@ -73,6 +81,8 @@ pub trait ArtifactStore: Send + Sync + Debug {
 
 /// Blobs up to this size are appended to a segment.
 const SEGMENT_BLOB_MAX: u64 = 1 << 20;
+/// Puts up to this size in all are quick (see [`ArtifactStore::puts_quickly`]).
+const QUICK_PUT_MAX: u64 = 64 << 10;
 /// A segment past this size is closed and the next blob starts a new one.
 const SEGMENT_MAX: u64 = 64 << 20;
 /// Segments kept open at once (one per org written to lately); closing one starts a new
@@ -309,6 +319,11 @@ impl ArtifactStore for LocalStore {
             self.put_file(org, &blob, bytes)?;
         }
         Ok(blob)
+    }
+
+    /// Up to 64 KiB: appended to segments with a `pwrite` each, into the page cache.
+    fn puts_quickly(&self, size: u64) -> bool {
+        size <= QUICK_PUT_MAX
     }
 
     fn get(&self, org: Uuid, sha256: &str, location: Option<&str>) -> io::Result<Vec<u8>> {

@@ -543,30 +543,25 @@ async fn execute(
             let index_bytes = OutputIndex::from_envelope(&envelope).to_canonical_bytes();
             let index_path = index_path.clone();
             let receipt_path = format!("{write_prefix}receipt.json");
-            let written = tokio::task::spawn_blocking(move || {
-                // Logical paths: the receipt (and the index) beside the outputs.
-                let mut all: Vec<(&str, &[u8])> = files
-                    .iter()
-                    .map(|(p, b)| (p.as_str(), b.as_slice()))
-                    .collect();
-                // The index duplicates the receipt's outputs list; written when there are outputs.
-                if !files.is_empty() {
-                    all.push((index_path.as_str(), index_bytes.as_slice()));
-                }
-                all.push((receipt_path.as_str(), &receipt_file));
-                let blobs: Vec<&[u8]> = all.iter().map(|(_, b)| *b).collect();
-                let stored: Vec<Value> = store
-                    .put_all(org_id, &blobs)?
-                    .into_iter()
-                    .zip(&all)
-                    .map(|(blob, (path, _))| {
-                        json!({"path": path, "sha256": blob.sha256, "size": blob.size,
-                               "location": blob.location})
-                    })
-                    .collect();
-                Ok::<_, std::io::Error>((stored, files))
-            })
-            .await;
+            // The store's quick writes (small blobs to a local segment) are done right here: a
+            // hand-off to a blocking thread would cost more than the write.
+            let size = files.iter().map(|(_, b)| b.len()).sum::<usize>()
+                + index_bytes.len()
+                + receipt_file.len();
+            let write = move || {
+                store_attempt_files(
+                    store.as_ref(),
+                    org_id,
+                    files,
+                    (&index_path, &index_bytes),
+                    (&receipt_path, &receipt_file),
+                )
+            };
+            let written = if inner.artifacts.puts_quickly(size as u64) {
+                Ok(write())
+            } else {
+                tokio::task::spawn_blocking(write).await
+            };
             let (stored, files) = match written {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
@@ -633,6 +628,39 @@ async fn execute(
             Some(&receipt_bytes),
         )),
     }
+}
+
+/// Stores one attempt's files — its outputs, the index (written when there are outputs: it
+/// duplicates the receipt's outputs list) and the receipt — and returns the `artifacts` items
+/// for `operator_complete` with the outputs' bytes.
+#[allow(clippy::type_complexity)]
+fn store_attempt_files(
+    store: &dyn ArtifactStore,
+    org: Uuid,
+    files: Vec<(String, Vec<u8>)>,
+    index: (&str, &[u8]),
+    receipt: (&str, &[u8]),
+) -> std::io::Result<(Vec<Value>, Vec<(String, Vec<u8>)>)> {
+    // Logical paths: the receipt (and the index) beside the outputs.
+    let mut all: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    if !files.is_empty() {
+        all.push(index);
+    }
+    all.push(receipt);
+    let blobs: Vec<&[u8]> = all.iter().map(|(_, b)| *b).collect();
+    let stored: Vec<Value> = store
+        .put_all(org, &blobs)?
+        .into_iter()
+        .zip(&all)
+        .map(|(blob, (path, _))| {
+            json!({"path": path, "sha256": blob.sha256, "size": blob.size,
+                   "location": blob.location})
+        })
+        .collect();
+    Ok((stored, files))
 }
 
 fn decode(content: &str) -> Option<Vec<u8>> {
