@@ -622,6 +622,67 @@ fn success(c: &store::StepContext, dependents: &[&str], started_at: Value) -> Va
     })
 }
 
+/// A heartbeat extends the leases its worker holds, not another worker's; a job whose row
+/// another transaction holds (its completion, say) is skipped without waiting, and the next
+/// beat extends it.
+#[tokio::test]
+async fn heartbeats_extend_held_leases_and_never_wait() {
+    let (_app, admin, _runs, pool) =
+        two_runs("steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n")
+            .await;
+    let worker = Uuid::now_v7();
+    let contexts = claim_started(&pool, worker).await;
+    let jobs: Vec<i64> = contexts.iter().map(|c| c.job_id).collect();
+    assert_eq!(jobs.len(), 2);
+    let lease_left = |job: i64| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query_scalar::<_, f64>(
+                "SELECT extract(epoch FROM lease_until - now())::float8 FROM jobs WHERE id = $1",
+            )
+            .bind(job)
+            .fetch_one(&admin)
+            .await
+            .expect("lease")
+        }
+    };
+    assert!(lease_left(jobs[0]).await < 31.0);
+
+    // Another transaction holds the first job's row.
+    let mut holder = admin.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(jobs[0])
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let beat = tokio::time::timeout(
+        Duration::from_secs(10),
+        store::heartbeat(&pool, worker, &jobs, Duration::from_secs(600)),
+    )
+    .await
+    .expect("the beat does not wait for the held row")
+    .expect("heartbeat");
+    assert_eq!(beat, vec![jobs[1]]);
+    assert!(lease_left(jobs[1]).await > 500.0);
+    assert!(lease_left(jobs[0]).await < 31.0, "skipped, unchanged");
+    holder.rollback().await.expect("rollback");
+
+    // The next beat gets it; another worker's beat extends nothing.
+    let mut beat = store::heartbeat(&pool, worker, &jobs, Duration::from_secs(600))
+        .await
+        .expect("heartbeat");
+    beat.sort_unstable();
+    let mut expected = jobs.clone();
+    expected.sort_unstable();
+    assert_eq!(beat, expected);
+    assert!(lease_left(jobs[0]).await > 500.0);
+    let other = store::heartbeat(&pool, Uuid::now_v7(), &jobs, Duration::from_secs(3600))
+        .await
+        .expect("heartbeat");
+    assert!(other.is_empty(), "{other:?}");
+    assert!(lease_left(jobs[0]).await < 601.0);
+}
+
 /// Two workers race to record the same attempts (one ran them after the other's lease
 /// expired): in one batch or split across batches, each attempt counts once, its dependents
 /// are released once and the run finishes once.

@@ -434,7 +434,12 @@ pub async fn complete(pool: &PgPool, worker: Uuid, items: &str) -> Result<u64, s
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// Extends the leases `worker` holds on `jobs`; returns the jobs it still holds.
+/// Extends the leases `worker` holds on `jobs`; returns the jobs whose leases it extended.
+///
+/// A job whose row another transaction holds is skipped, never waited for: it is being
+/// completed (the worker's own completer deletes its finished jobs' rows while their leases
+/// are still beaten), or the next beat extends it. Waiting would hold up that transaction, and
+/// two batches locking their rows in different orders deadlocked.
 ///
 /// # Errors
 /// Database errors.
@@ -446,7 +451,10 @@ pub async fn heartbeat(
 ) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE jobs SET lease_until = now() + make_interval(secs => $3::float8) \
-         WHERE id = ANY($2) AND lease_owner = $1 AND state = 'running' RETURNING id",
+         WHERE id = ANY (ARRAY(SELECT j.id FROM jobs j \
+                                WHERE j.id = ANY($2) AND j.lease_owner = $1 AND j.state = 'running' \
+                                FOR UPDATE SKIP LOCKED)) \
+           AND lease_owner = $1 AND state = 'running' RETURNING id",
     )
     .bind(worker)
     .bind(jobs)
