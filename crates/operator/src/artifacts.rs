@@ -528,6 +528,14 @@ mod tests {
             .join(format!("{id}.seg"))
     }
 
+    /// What a failing `get` reports.
+    fn get_err(store: &LocalStore, org: Uuid, sha256: &str, location: Option<&str>) -> ErrorKind {
+        store
+            .get(org, sha256, location)
+            .expect_err("the get should fail")
+            .kind()
+    }
+
     fn large(fill: u8) -> Vec<u8> {
         vec![fill; usize::try_from(SEGMENT_BLOB_MAX).expect("size") + 1]
     }
@@ -568,27 +576,18 @@ mod tests {
         // Another org, or another blob's digest at this location: not served.
         let other = Uuid::new_v4();
         assert_eq!(
-            store
-                .get(other, &blobs[0].sha256, Some(locations[0]))
-                .expect_err("other org")
-                .kind(),
+            get_err(&store, other, &blobs[0].sha256, Some(locations[0])),
             ErrorKind::NotFound
         );
         assert_eq!(
-            store
-                .get(org, &blobs[1].sha256, Some(locations[0]))
-                .expect_err("another blob's record")
-                .kind(),
+            get_err(&store, org, &blobs[1].sha256, Some(locations[0])),
             ErrorKind::InvalidData
         );
         // Past the end of the segment.
         let (id, _) = parse_location(locations[0]).expect("location");
         let beyond = format!("segment/{id}/{}", segment.len());
         assert_eq!(
-            store
-                .get(org, &blobs[0].sha256, Some(&beyond))
-                .expect_err("beyond")
-                .kind(),
+            get_err(&store, org, &blobs[0].sha256, Some(&beyond)),
             ErrorKind::InvalidData
         );
     }
@@ -656,10 +655,7 @@ mod tests {
         );
         store.sync().expect("sync");
         assert_eq!(
-            store
-                .get(Uuid::new_v4(), &blob.sha256, None)
-                .expect_err("other org")
-                .kind(),
+            get_err(&store, Uuid::new_v4(), &blob.sha256, None),
             ErrorKind::NotFound
         );
     }
@@ -680,7 +676,7 @@ mod tests {
             "00/0000000000000000000000000000000000000000000000000000000000000",
         ] {
             assert_eq!(
-                store.get(org, bad, None).expect_err(bad).kind(),
+                get_err(&store, org, bad, None),
                 ErrorKind::InvalidInput,
                 "{bad:?}"
             );
@@ -701,7 +697,7 @@ mod tests {
             format!("sha256/{id}/0"),
         ] {
             assert_eq!(
-                store.get(org, &sha, Some(&bad)).expect_err(&bad).kind(),
+                get_err(&store, org, &sha, Some(&bad)),
                 ErrorKind::InvalidInput,
                 "{bad:?}"
             );
@@ -723,20 +719,14 @@ mod tests {
             damaged[at] ^= 1;
             fs::write(&path, &damaged).expect("tamper");
             assert_eq!(
-                store
-                    .get(org, &small.sha256, Some(&location))
-                    .expect_err("damaged")
-                    .kind(),
+                get_err(&store, org, &small.sha256, Some(&location)),
                 ErrorKind::InvalidData,
                 "damage at {at}"
             );
         }
         fs::write(&path, &clean[..clean.len() - 1]).expect("truncate");
         assert_eq!(
-            store
-                .get(org, &small.sha256, Some(&location))
-                .expect_err("truncated")
-                .kind(),
+            get_err(&store, org, &small.sha256, Some(&location)),
             ErrorKind::InvalidData
         );
 
@@ -746,10 +736,7 @@ mod tests {
         for damage in [&b"the bytez"[..], b"the"] {
             fs::write(&path, damage).expect("tamper");
             assert_eq!(
-                store
-                    .get(org, &blob.sha256, None)
-                    .expect_err("damaged")
-                    .kind(),
+                get_err(&store, org, &blob.sha256, None),
                 ErrorKind::InvalidData
             );
             assert_eq!(store.put(org, &bytes).expect("put again"), blob);
@@ -773,10 +760,7 @@ mod tests {
         fs::rename(&segments, outside.join("moved")).expect("move");
         std::os::unix::fs::symlink(outside.join("moved"), &segments).expect("symlink");
         assert_eq!(
-            store
-                .get(org, &blob.sha256, Some(&location))
-                .expect_err("read")
-                .kind(),
+            get_err(&store, org, &blob.sha256, Some(&location)),
             ErrorKind::PermissionDenied
         );
         assert_eq!(
@@ -795,10 +779,7 @@ mod tests {
         fs::rename(&path, outside.join("segment")).expect("move");
         std::os::unix::fs::symlink(outside.join("segment"), &path).expect("symlink");
         assert_eq!(
-            store
-                .get(org, &blob.sha256, Some(&location))
-                .expect_err("read")
-                .kind(),
+            get_err(&store, org, &blob.sha256, Some(&location)),
             ErrorKind::PermissionDenied
         );
 
@@ -811,7 +792,7 @@ mod tests {
         fs::write(outside.join("secret"), &bytes).expect("write");
         std::os::unix::fs::symlink(outside.join("secret"), &path).expect("symlink");
         assert_eq!(
-            store.get(org, &blob.sha256, None).expect_err("read").kind(),
+            get_err(&store, org, &blob.sha256, None),
             ErrorKind::PermissionDenied
         );
         assert_eq!(
