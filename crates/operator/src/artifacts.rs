@@ -85,8 +85,8 @@ const SEGMENT_BLOB_MAX: u64 = 1 << 20;
 const QUICK_PUT_MAX: u64 = 64 << 10;
 /// A segment past this size is closed and the next blob starts a new one.
 const SEGMENT_MAX: u64 = 64 << 20;
-/// Segments kept open at once (one per org written to lately); closing one starts a new
-/// segment for its org at the next write.
+/// Segment files kept open at once (the orgs written to most recently); an org whose file
+/// was closed appends to the same segment again, reopened.
 const OPEN_SEGMENTS_MAX: usize = 64;
 /// A segment record's header: the digest, a space, the size in 20 decimal digits, a newline.
 const HEADER_LEN: usize = 64 + 1 + 20 + 1;
@@ -107,14 +107,20 @@ const HEADER_LEN: usize = 64 + 1 + 20 + 1;
 pub struct LocalStore {
     root: PathBuf,
     segment_max: u64,
+    open_max: usize,
     /// Shared by clones: one process's open segments.
     segments: Arc<Mutex<Segments>>,
 }
 
 #[derive(Debug, Default)]
 struct Segments {
-    /// The segment each org's next small blob goes to.
-    open: HashMap<Uuid, Segment>,
+    /// The segment each org's next small blob goes to (one entry per org this process wrote
+    /// to; its file closed when it went unused while others were busy).
+    by_org: HashMap<Uuid, Segment>,
+    /// How many of them have their file open.
+    files_open: usize,
+    /// Counts appends: when each segment was last used.
+    clock: u64,
     /// Segments written since the last sync, by id.
     unsynced: HashMap<Uuid, Arc<File>>,
     /// A file or directory entry was created since the last sync (a large blob or a new
@@ -125,8 +131,54 @@ struct Segments {
 #[derive(Debug)]
 struct Segment {
     id: Uuid,
-    file: Arc<File>,
+    /// `None` once closed; reopened to append again.
+    file: Option<Arc<File>>,
     len: u64,
+    used: u64,
+}
+
+impl Segments {
+    /// Makes `segment` (open) the one `org` appends to.
+    fn set(&mut self, org: Uuid, segment: Segment) {
+        self.remove(org);
+        self.files_open += usize::from(segment.file.is_some());
+        self.by_org.insert(org, segment);
+    }
+
+    fn remove(&mut self, org: Uuid) {
+        if let Some(old) = self.by_org.remove(&org) {
+            self.files_open -= usize::from(old.file.is_some());
+        }
+    }
+
+    /// `org`'s segment `id` is open again (unless another thread got there first).
+    fn reopened(&mut self, org: Uuid, id: Uuid, file: Arc<File>) {
+        if let Some(segment) = self.by_org.get_mut(&org)
+            && segment.id == id
+            && segment.file.is_none()
+        {
+            segment.file = Some(file);
+            self.files_open += 1;
+        }
+    }
+
+    /// Closes the least recently used segments' files (never `org`'s) while more than `max`
+    /// are open. (A file written since the last sync stays open in `unsynced` until then.)
+    fn close_idle(&mut self, org: Uuid, max: usize) {
+        while self.files_open > max {
+            let Some(segment) = self
+                .by_org
+                .iter_mut()
+                .filter(|(o, s)| **o != org && s.file.is_some())
+                .min_by_key(|(_, s)| s.used)
+                .map(|(_, s)| s)
+            else {
+                return;
+            };
+            segment.file = None;
+            self.files_open -= 1;
+        }
+    }
 }
 
 impl LocalStore {
@@ -136,6 +188,7 @@ impl LocalStore {
         Self {
             root: root.into(),
             segment_max: SEGMENT_MAX,
+            open_max: OPEN_SEGMENTS_MAX,
             segments: Arc::default(),
         }
     }
@@ -184,7 +237,7 @@ impl LocalStore {
         Ok(dir)
     }
 
-    /// Appends `bytes` to `org`'s open segment (a new one when it has none or it is full).
+    /// Appends `bytes` to `org`'s segment (a new one when it has none or it is full).
     fn append(&self, org: Uuid, sha256: &str, bytes: &[u8]) -> io::Result<String> {
         let mut record = Vec::with_capacity(HEADER_LEN + bytes.len());
         writeln!(record, "{sha256} {:020}", bytes.len())?;
@@ -192,32 +245,54 @@ impl LocalStore {
         let record_len = record.len() as u64;
 
         let mut segments = self.lock();
-        let full = segments
-            .open
+        let current = segments
+            .by_org
             .get(&org)
-            .is_none_or(|s| s.len > 0 && s.len + record_len > self.segment_max);
-        if full {
-            drop(segments);
-            let segment = self.create_segment(org)?;
-            segments = self.lock();
-            if segments.open.len() >= OPEN_SEGMENTS_MAX
-                && let Some(&other) = segments.open.keys().find(|&&o| o != org)
-            {
-                segments.open.remove(&other);
+            .filter(|s| s.len == 0 || s.len + record_len <= self.segment_max)
+            .map(|s| (s.id, s.file.is_some()));
+        // (files are created and opened without the lock)
+        match current {
+            None => {
+                drop(segments);
+                let segment = self.create_segment(org)?;
+                segments = self.lock();
+                segments.set(org, segment);
             }
-            segments.open.insert(org, segment);
+            Some((id, false)) => {
+                drop(segments);
+                match self.reopen_segment(org, id) {
+                    Ok(file) => {
+                        segments = self.lock();
+                        segments.reopened(org, id, file);
+                    }
+                    // (removed, or a symlink planted in its place: never followed)
+                    Err(e) => {
+                        tracing::warn!(%org, segment = %id, error = %e, "a closed segment could not be reopened; starting another");
+                        let segment = self.create_segment(org)?;
+                        segments = self.lock();
+                        segments.set(org, segment);
+                    }
+                }
+            }
+            Some((_, true)) => {}
         }
-        let Some(segment) = segments.open.get_mut(&org) else {
-            return Err(io::Error::other("no open segment"));
+        segments.close_idle(org, self.open_max);
+        segments.clock += 1;
+        let clock = segments.clock;
+        let Some(segment) = segments.by_org.get_mut(&org) else {
+            return Err(io::Error::other("no segment to append to"));
         };
         let (id, offset) = (segment.id, segment.len);
-        if let Err(e) = segment.file.write_all_at(&record, offset) {
+        let Some(file) = segment.file.clone() else {
+            return Err(io::Error::other("the segment was closed meanwhile"));
+        };
+        segment.used = clock;
+        if let Err(e) = file.write_all_at(&record, offset) {
             // Whatever part was written stays unreferenced: the next blob starts a new segment.
-            segments.open.remove(&org);
+            segments.remove(org);
             return Err(e);
         }
         segment.len += record_len;
-        let file = segment.file.clone();
         segments.unsynced.insert(id, file);
         Ok(format!("segment/{id}/{offset}"))
     }
@@ -232,9 +307,24 @@ impl LocalStore {
         self.lock().new_entries = true;
         Ok(Segment {
             id,
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
             len: 0,
+            used: 0,
         })
+    }
+
+    /// A segment this store wrote before and closed, opened again to append to.
+    fn reopen_segment(&self, org: Uuid, id: Uuid) -> io::Result<Arc<File>> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self
+            .locate(org, &["segments"], false)?
+            .join(format!("{id}.seg"));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .map_err(|e| nofollow_error(&path, e))?;
+        Ok(Arc::new(file))
     }
 
     /// The bytes of the record at `location`, if it holds `sha256`.
@@ -473,14 +563,16 @@ fn open_nofollow(path: &Path) -> io::Result<File> {
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(path)
-        .map_err(|e| {
-            // ELOOP: the last component is a symlink.
-            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
-                symlink(path)
-            } else {
-                e
-            }
-        })
+        .map_err(|e| nofollow_error(path, e))
+}
+
+/// An `O_NOFOLLOW` open's error: ELOOP (the last component is a symlink) as `PermissionDenied`.
+fn nofollow_error(path: &Path, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+        symlink(path)
+    } else {
+        e
+    }
 }
 
 fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
@@ -624,6 +716,61 @@ mod tests {
             b"third"
         );
         second.sync().expect("sync");
+    }
+
+    /// With more orgs writing than files may stay open, the least recently used segment is
+    /// closed, and its org appends to the same segment again, reopened.
+    #[test]
+    fn closed_segments_are_reopened() {
+        let (_dir, mut store) = store();
+        store.open_max = 1;
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = store.put(a, b"one").expect("put").location.expect("loc");
+        let other = store.put(b, b"two").expect("put").location.expect("loc");
+        assert_eq!(store.lock().files_open, 1, "a's file was closed");
+        let again = store.put(a, b"three").expect("put").location.expect("loc");
+        assert_eq!(store.lock().files_open, 1, "b's file was closed");
+        assert_eq!(
+            segment_path(&store, a, &first),
+            segment_path(&store, a, &again)
+        );
+        let (_, first_at) = parse_location(&first).expect("loc");
+        let (_, again_at) = parse_location(&again).expect("loc");
+        assert_eq!(again_at, first_at + (HEADER_LEN + 3) as u64);
+        store.sync().expect("sync");
+        for (org, location, bytes) in [
+            (a, &first, &b"one"[..]),
+            (b, &other, b"two"),
+            (a, &again, b"three"),
+        ] {
+            assert_eq!(
+                store
+                    .get(org, &builderos_canon::sha256_hex(bytes), Some(location))
+                    .expect("get"),
+                bytes
+            );
+        }
+
+        // A link planted where a closed segment was is not followed: the org starts another.
+        store.put(b, b"four").expect("put");
+        let path = segment_path(&store, a, &first);
+        let moved = path.with_extension("moved");
+        fs::rename(&path, &moved).expect("move");
+        std::os::unix::fs::symlink(&moved, &path).expect("symlink");
+        let before = fs::read(&moved).expect("read");
+        let five = store.put(a, b"five").expect("put").location.expect("loc");
+        assert_ne!(segment_path(&store, a, &five), path);
+        assert_eq!(
+            fs::read(&moved).expect("read"),
+            before,
+            "nothing written through the link"
+        );
+        assert_eq!(
+            store
+                .get(a, &builderos_canon::sha256_hex(b"five"), Some(&five))
+                .expect("get"),
+            b"five"
+        );
     }
 
     /// Large blobs are files named by their digest: equal bytes are kept once, and no
