@@ -834,8 +834,8 @@ async fn a_refused_result_fails_its_step_and_holds_back_no_other() {
     assert_counts_match(&admin, "after a refused result").await;
 
     // Both b's: the bad run's gets a refused result too, and b's `on_failure: fail` fails the
-    // run. The good run's gets a result that doesn't even name its step: nothing can stand in
-    // for it, and its job is left to its lease (it runs again when the lease expires).
+    // run. The good run's gets a result that doesn't even name its step: the failure that
+    // stands in for it is built from the job's row, and fails the step and the run.
     let contexts = claim_started(&pool, worker).await;
     assert_eq!(contexts.len(), 2, "both runs' b");
     let (good_b, bad_b) = if contexts[0].run_id == good_run {
@@ -866,12 +866,23 @@ async fn a_refused_result_fails_its_step_and_holds_back_no_other() {
             Some("ERR_INTERNAL".to_owned())
         )
     );
-    let still: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
-        .bind(good_b.job_id)
-        .fetch_one(&admin)
+    assert_eq!(state(&admin, good_run).await, "failed");
+    assert_eq!(
+        steps(&admin, good_run).await[1],
+        (
+            "b".to_owned(),
+            "failed".to_owned(),
+            1,
+            Some("ERR_INTERNAL".to_owned())
+        )
+    );
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
+        .bind(vec![good_b.job_id, bad_b.job_id])
+        .fetch_all(&admin)
         .await
-        .expect("job");
-    assert_eq!(still, "running");
+        .expect("jobs");
+    assert!(left.is_empty(), "both jobs are done: {left:?}");
+    assert_counts_match(&admin, "after a nameless result").await;
 }
 
 fn operator_process(app: &TestApp, lease_seconds: u32) -> OperatorProcess {

@@ -860,8 +860,10 @@ async fn complete_retrying(pool: &PgPool, worker: Uuid, items: &str) -> Result<u
 
 /// Records `results` (job, item) one by one after the database refused them as a batch, so
 /// that one result it can't take holds back none of the others. A result refused on its own
-/// is recorded as a failure of its step with `ERR_INTERNAL` (final: it would be refused again);
-/// when even that is refused, the job is left to its lease, and runs again when it expires.
+/// is recorded as a failure of its step with `ERR_INTERNAL` (final: it would be refused again),
+/// built from the result's identity — or, when the result doesn't name its step or even that
+/// failure is refused, from the job's own row (its step then fails the run). Only when that
+/// fails too is the job left to its lease, to run again when it expires.
 /// Returns the jobs whose own results were refused.
 ///
 /// (The completer calls it; public for the tests, which hand it results the database refuses.)
@@ -874,12 +876,20 @@ pub async fn record_one_by_one(pool: &PgPool, worker: Uuid, results: &[(i64, &st
         refused_jobs.push(*job);
         // (the code, not the message: a message may quote the refused data, such as outputs)
         let code = sqlstate(&e);
-        let recorded = match internal_failure(item, &code) {
+        let mut recorded = match internal_failure(item, &code) {
             Some(failure) => complete_retrying(pool, worker, &format!("[{failure}]"))
                 .await
                 .ok(),
             None => None,
         };
+        if recorded.is_none() {
+            recorded = match job_failure(pool, worker, *job, &code).await {
+                Some(failure) => complete_retrying(pool, worker, &format!("[{failure}]"))
+                    .await
+                    .ok(),
+                None => None,
+            };
+        }
         match recorded {
             Some(0) => {
                 tracing::warn!(job, sqlstate = %code, "the database refused a step's result; the attempt had been recorded already (by another worker)");
@@ -901,15 +911,7 @@ pub async fn record_one_by_one(pool: &PgPool, worker: Uuid, results: &[(i64, &st
 /// doesn't even name its step.
 fn internal_failure(item: &str, sqlstate: &str) -> Option<String> {
     let item: Value = serde_json::from_str(item).ok()?;
-    let job = item.get("job")?.as_i64()?;
-    let run = Uuid::parse_str(item.get("run")?.as_str()?).ok()?;
-    let org = Uuid::parse_str(item.get("org")?.as_str()?).ok()?;
-    // (no NUL can be in a step id or a dependent's: both come from PostgreSQL text and jsonb)
-    let step = item.get("step")?.as_str()?;
-    let attempt = item.get("attempt")?.as_i64()?;
-    let execution_id = Uuid::parse_str(item.get("execution_id")?.as_str()?)
-        .ok()?
-        .to_string();
+    let execution_id = Uuid::parse_str(item.get("execution_id")?.as_str()?).ok()?;
     let on_failure = match item.get("on_failure").and_then(Value::as_str) {
         Some("continue") => "continue",
         _ => "fail",
@@ -919,26 +921,69 @@ fn internal_failure(item: &str, sqlstate: &str) -> Option<String> {
         .and_then(Value::as_array)
         .map(|d| d.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    Some(stand_in_failure(
+        &json!({
+            "job": item.get("job")?.as_i64()?,
+            "run": Uuid::parse_str(item.get("run")?.as_str()?).ok()?,
+            "org": Uuid::parse_str(item.get("org")?.as_str()?).ok()?,
+            // (no NUL can be in a step id or a dependent's: both come from PostgreSQL text
+            // and jsonb)
+            "step": item.get("step")?.as_str()?,
+            "attempt": item.get("attempt")?.as_i64()?,
+            "execution_id": execution_id.to_string(),
+            "on_failure": on_failure,
+            "dependents": dependents,
+        }),
+        sqlstate,
+    ))
+}
+
+/// The stand-in failure for `job` built from its row, when its result can't provide one: the
+/// step fails (`on_failure: fail`: its own setting isn't known here), and so does its run.
+/// None when the job is gone, no longer this worker's or not a step's, or the database can't
+/// be read.
+async fn job_failure(pool: &PgPool, worker: Uuid, job: i64, sqlstate: &str) -> Option<String> {
+    let row: Option<(Uuid, Uuid, String, i32)> = sqlx::query_as(
+        "SELECT run_id, org_id, step_id, attempt FROM jobs \
+          WHERE id = $1 AND lease_owner = $2 AND kind = 'step' AND run_id IS NOT NULL \
+            AND step_id IS NOT NULL",
+    )
+    .bind(job)
+    .bind(worker)
+    .fetch_optional(pool)
+    .await
+    .ok()?;
+    let (run, org, step, attempt) = row?;
+    Some(stand_in_failure(
+        &json!({
+            "job": job, "run": run, "org": org, "step": step, "attempt": attempt,
+            "execution_id": Uuid::now_v7().to_string(),
+            "on_failure": "fail", "dependents": [],
+        }),
+        sqlstate,
+    ))
+}
+
+/// The item of a failure with `ERR_INTERNAL` for the attempt `identity` names (job, run, org,
+/// step, attempt, execution id, on_failure, dependents).
+fn stand_in_failure(identity: &Value, sqlstate: &str) -> String {
+    let mut failure = identity.clone();
     let now = Utc::now();
-    let failure = json!({
-        "job": job,
-        "run": run,
-        "org": org,
-        "step": step,
-        "attempt": attempt,
-        "execution_id": execution_id,
+    let fields = json!({
         "status": "failed",
         "error_code": "ERR_INTERNAL",
         "error_message": format!("the step's result could not be recorded (SQLSTATE {sqlstate})"),
         "started_at": now,
         "finished_at": now,
-        "on_failure": on_failure,
-        "dependents": dependents,
     });
-    Some(with_receipt(
-        &failure,
-        &minimal_receipt(&execution_id, "ERR_INTERNAL"),
-    ))
+    if let (Some(failure), Some(fields)) = (failure.as_object_mut(), fields.as_object()) {
+        failure.extend(fields.clone());
+    }
+    let execution_id = identity
+        .get("execution_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    with_receipt(&failure, &minimal_receipt(execution_id, "ERR_INTERNAL"))
 }
 
 /// Listens for new jobs and cancellations; reconnects after the database comes back.
