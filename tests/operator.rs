@@ -622,6 +622,80 @@ fn success(c: &store::StepContext, dependents: &[&str], started_at: Value) -> Va
     })
 }
 
+/// An artifact store whose flushes fail: what it stored may be lost.
+#[derive(Debug)]
+struct FailingSync(LocalStore);
+
+impl ArtifactStore for FailingSync {
+    fn put(&self, org: Uuid, bytes: &[u8]) -> std::io::Result<builderos_operator::artifacts::Blob> {
+        self.0.put(org, bytes)
+    }
+    fn get(&self, org: Uuid, sha256: &str, location: Option<&str>) -> std::io::Result<Vec<u8>> {
+        self.0.get(org, sha256, location)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        Err(std::io::Error::other("EIO (simulated)"))
+    }
+}
+
+/// When the artifacts of a batch can't be made durable, its successful steps are recorded as
+/// failures with ERR_ARTIFACT_STORE (never as successes naming bytes that may be lost), and
+/// their runs go on per `on_failure`.
+#[tokio::test]
+async fn steps_whose_artifacts_cannot_be_made_durable_fail() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let t = tenant(&admin, "acme").await;
+    let (id, def) = define(
+        &admin,
+        &t,
+        "one",
+        "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n",
+    )
+    .await;
+    let run = start(&admin, &t, (id, &def), json!({}), Mode::Mock).await;
+    let pool = store::operator_pool(&app.db.app_url, 4).expect("pool");
+    let store = FailingSync(LocalStore::new(
+        builderos_test_support::test_config().artifacts_dir,
+    ));
+    let config = worker::WorkerConfig {
+        poll: Duration::from_millis(100),
+        ..worker::WorkerConfig::default()
+    };
+    let w = worker::Worker::new(
+        pool,
+        config,
+        builderos_operator::processors::Processors::new(
+            builderos_operator::processors::ProcessorConfig::default(),
+        ),
+        std::sync::Arc::new(store),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(w.run(shutdown.clone()));
+    assert_eq!(
+        finished(&admin, &[run], Duration::from_secs(30)).await,
+        ["failed"]
+    );
+    assert_eq!(
+        steps(&admin, run).await,
+        vec![(
+            "a".to_owned(),
+            "failed".to_owned(),
+            1,
+            Some("ERR_ARTIFACT_STORE".to_owned())
+        )]
+    );
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM artifacts WHERE run_id = $1")
+        .bind(run)
+        .fetch_one(&admin)
+        .await
+        .expect("artifacts");
+    assert_eq!(recorded, 0, "no artifact recorded");
+    shutdown.cancel();
+    task.await.expect("worker");
+    assert_counts_match(&admin, "after a failed sync").await;
+}
+
 /// A heartbeat extends the leases its worker holds, not another worker's; a job whose row
 /// another transaction holds (its completion, say) is skipped without waiting, and the next
 /// beat extends it.

@@ -12,7 +12,8 @@
 //! per-process segment files and keeps large ones as files named by their digest: a new file
 //! per blob costs an inode, and allocating inodes was most of the operator's CPU per step.
 //!
-//! The API is blocking; async callers wrap it in `spawn_blocking`.
+//! The API is blocking; async callers wrap it in `spawn_blocking`, except for the puts the
+//! store itself calls quick ([`ArtifactStore::puts_quickly`]).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -58,14 +59,15 @@ pub trait ArtifactStore: Send + Sync + Debug {
     /// Makes everything stored so far durable.
     ///
     /// # Errors
-    /// The I/O error of the flush.
+    /// The I/O error of the flush. What was stored since the previous sync may then be lost,
+    /// and a later sync does not bring it back: callers must not record it.
     fn sync(&self) -> io::Result<()>;
 
-    /// Whether storing `size` bytes is quick enough to do on an async runtime's thread: no
-    /// network, no waiting for the disk, a few system calls at most. Callers hand slower puts
-    /// to `spawn_blocking`. The default says no.
-    fn puts_quickly(&self, size: u64) -> bool {
-        let _ = size;
+    /// Whether storing `size` bytes for `org` now is quick enough to do on an async runtime's
+    /// thread: no network, no directory or file to create, no waiting for the disk, one
+    /// system call or so. Callers hand other puts to `spawn_blocking`. The default says no.
+    fn puts_quickly(&self, org: Uuid, size: u64) -> bool {
+        let _ = (org, size);
         false
     }
 
@@ -110,6 +112,8 @@ pub struct LocalStore {
     open_max: usize,
     /// Shared by clones: one process's open segments.
     segments: Arc<Mutex<Segments>>,
+    /// Held by a sync from taking what to flush until the flush returns.
+    sync_lock: Arc<Mutex<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -148,6 +152,19 @@ impl Segments {
     fn remove(&mut self, org: Uuid) {
         if let Some(old) = self.by_org.remove(&org) {
             self.files_open -= usize::from(old.file.is_some());
+        }
+    }
+
+    /// Nothing more is appended to the segments `ids` (a write or a sync of theirs failed).
+    fn retire(&mut self, ids: &[Uuid]) {
+        let orgs: Vec<Uuid> = self
+            .by_org
+            .iter()
+            .filter(|(_, s)| ids.contains(&s.id))
+            .map(|(org, _)| *org)
+            .collect();
+        for org in orgs {
+            self.remove(org);
         }
     }
 
@@ -190,6 +207,7 @@ impl LocalStore {
             segment_max: SEGMENT_MAX,
             open_max: OPEN_SEGMENTS_MAX,
             segments: Arc::default(),
+            sync_lock: Arc::default(),
         }
     }
 
@@ -200,7 +218,8 @@ impl LocalStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Segments> {
-        // (a panic while holding the lock leaves the maps consistent: no invariant spans them)
+        // (no I/O and nothing that panics runs under the lock: a poisoned one is still
+        // consistent)
         self.segments
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -237,64 +256,64 @@ impl LocalStore {
         Ok(dir)
     }
 
-    /// Appends `bytes` to `org`'s segment (a new one when it has none or it is full).
+    /// Appends `bytes` to `org`'s segment (a new one when it has none or it is full). The
+    /// record's place is reserved under the lock and written outside it.
     fn append(&self, org: Uuid, sha256: &str, bytes: &[u8]) -> io::Result<String> {
         let mut record = Vec::with_capacity(HEADER_LEN + bytes.len());
         writeln!(record, "{sha256} {:020}", bytes.len())?;
         record.extend_from_slice(bytes);
-        let record_len = record.len() as u64;
-
-        let mut segments = self.lock();
-        let current = segments
-            .by_org
-            .get(&org)
-            .filter(|s| s.len == 0 || s.len + record_len <= self.segment_max)
-            .map(|s| (s.id, s.file.is_some()));
-        // (files are created and opened without the lock)
-        match current {
-            None => {
-                drop(segments);
-                let segment = self.create_segment(org)?;
-                segments = self.lock();
-                segments.set(org, segment);
-            }
-            Some((id, false)) => {
-                drop(segments);
-                match self.reopen_segment(org, id) {
-                    Ok(file) => {
-                        segments = self.lock();
-                        segments.reopened(org, id, file);
-                    }
-                    // (removed, or a symlink planted in its place: never followed)
-                    Err(e) => {
-                        tracing::warn!(%org, segment = %id, error = %e, "a closed segment could not be reopened; starting another");
-                        let segment = self.create_segment(org)?;
-                        segments = self.lock();
-                        segments.set(org, segment);
-                    }
-                }
-            }
-            Some((_, true)) => {}
-        }
-        segments.close_idle(org, self.open_max);
-        segments.clock += 1;
-        let clock = segments.clock;
-        let Some(segment) = segments.by_org.get_mut(&org) else {
-            return Err(io::Error::other("no segment to append to"));
-        };
-        let (id, offset) = (segment.id, segment.len);
-        let Some(file) = segment.file.clone() else {
-            return Err(io::Error::other("the segment was closed meanwhile"));
-        };
-        segment.used = clock;
+        let (id, offset, file) = self.reserve(org, record.len() as u64)?;
         if let Err(e) = file.write_all_at(&record, offset) {
-            // Whatever part was written stays unreferenced: the next blob starts a new segment.
-            segments.remove(org);
+            // Whatever part was written stays unreferenced; nothing more goes to this segment.
+            self.lock().retire(&[id]);
             return Err(e);
         }
-        segment.len += record_len;
-        segments.unsynced.insert(id, file);
+        self.lock().unsynced.insert(id, file);
         Ok(format!("segment/{id}/{offset}"))
+    }
+
+    /// `len` bytes reserved at the end of `org`'s segment: its id, the offset and its file.
+    /// Segments are created and reopened without the lock.
+    fn reserve(&self, org: Uuid, len: u64) -> io::Result<(Uuid, u64, Arc<File>)> {
+        loop {
+            let mut segments = self.lock();
+            let current = segments
+                .by_org
+                .get(&org)
+                .filter(|s| s.len == 0 || s.len + len <= self.segment_max)
+                .map(|s| (s.id, s.file.clone()));
+            match current {
+                Some((id, Some(file))) => {
+                    segments.clock += 1;
+                    let clock = segments.clock;
+                    let Some(segment) = segments.by_org.get_mut(&org) else {
+                        continue;
+                    };
+                    let offset = segment.len;
+                    segment.len += len;
+                    segment.used = clock;
+                    segments.close_idle(org, self.open_max);
+                    return Ok((id, offset, file));
+                }
+                Some((id, None)) => {
+                    drop(segments);
+                    match self.reopen_segment(org, id) {
+                        Ok(file) => self.lock().reopened(org, id, file),
+                        // (removed, or a symlink planted in its place: never followed)
+                        Err(e) => {
+                            tracing::warn!(%org, segment = %id, error = %e, "a closed segment could not be reopened; starting another");
+                            let segment = self.create_segment(org)?;
+                            self.lock().set(org, segment);
+                        }
+                    }
+                }
+                None => {
+                    drop(segments);
+                    let segment = self.create_segment(org)?;
+                    self.lock().set(org, segment);
+                }
+            }
+        }
     }
 
     fn create_segment(&self, org: Uuid) -> io::Result<Segment> {
@@ -378,6 +397,9 @@ impl LocalStore {
                     && meta.len() == blob.size
                     && read_nofollow(&target).is_ok_and(|stored| stored == bytes) =>
             {
+                // (written by another process, or one that crashed, perhaps not yet durable:
+                // the next sync flushes the file system)
+                self.lock().new_entries = true;
                 return Ok(());
             }
             Ok(meta) if meta.is_dir() => {
@@ -411,9 +433,14 @@ impl ArtifactStore for LocalStore {
         Ok(blob)
     }
 
-    /// Up to 64 KiB: appended to segments with a `pwrite` each, into the page cache.
-    fn puts_quickly(&self, size: u64) -> bool {
+    /// Up to 64 KiB in all, when the org's segment is open and has room for them: a `pwrite`
+    /// per blob into the page cache.
+    fn puts_quickly(&self, org: Uuid, size: u64) -> bool {
         size <= QUICK_PUT_MAX
+            && self.lock().by_org.get(&org).is_some_and(|s| {
+                // (each blob of the size carries a header)
+                s.file.is_some() && s.len + size + 4 * HEADER_LEN as u64 <= self.segment_max
+            })
     }
 
     fn get(&self, org: Uuid, sha256: &str, location: Option<&str>) -> io::Result<Vec<u8>> {
@@ -438,6 +465,11 @@ impl ArtifactStore for LocalStore {
     /// system holding the root instead when files or directories were created meanwhile (their
     /// names must reach the disk too), which happens once per segment and per large blob.
     fn sync(&self) -> io::Result<()> {
+        // (one sync at a time: a second caller must not return before the first's flush)
+        let _one = self
+            .sync_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (unsynced, new_entries) = {
             let mut segments = self.lock();
             (
@@ -456,10 +488,12 @@ impl ArtifactStore for LocalStore {
             unsynced.values().try_for_each(|file| file.sync_data())
         };
         if synced.is_err() {
-            // The next sync tries again, all of it.
-            let mut segments = self.lock();
-            segments.new_entries = true;
-            segments.unsynced.extend(unsynced);
+            // Never tried again: Linux reports a failed writeback once, and marks the pages
+            // clean, so a second sync would succeed with the bytes lost. What was stored since
+            // the last sync is lost to the caller (the worker fails those steps), and nothing
+            // more goes to these segments.
+            let ids: Vec<Uuid> = unsynced.keys().copied().collect();
+            self.lock().retire(&ids);
         }
         synced
     }
@@ -771,6 +805,54 @@ mod tests {
                 .expect("get"),
             b"five"
         );
+    }
+
+    /// Puts from many threads at once each get their own place; every record reads back. A put
+    /// is quick only once the org's segment is open, and only when small.
+    #[test]
+    fn concurrent_puts_and_quick_puts() {
+        let (_dir, store) = store();
+        let org = Uuid::new_v4();
+        assert!(!store.puts_quickly(org, 10), "no segment open yet");
+        let written: Vec<(Vec<u8>, Blob)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8_u8)
+                .map(|t| {
+                    let store = store.clone();
+                    scope.spawn(move || {
+                        (0..50_u8)
+                            .map(|i| {
+                                let bytes = vec![t; usize::from(i) + 1];
+                                let blob = store.put(org, &bytes).expect("put");
+                                (bytes, blob)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        store.sync().expect("sync");
+        let mut locations: Vec<&str> = written
+            .iter()
+            .map(|(_, b)| b.location.as_deref().expect("loc"))
+            .collect();
+        locations.sort_unstable();
+        locations.dedup();
+        assert_eq!(locations.len(), 400, "every record has its own place");
+        for (bytes, blob) in &written {
+            assert_eq!(
+                &store
+                    .get(org, &blob.sha256, blob.location.as_deref())
+                    .expect("get"),
+                bytes
+            );
+        }
+        assert!(store.puts_quickly(org, 10));
+        assert!(!store.puts_quickly(org, QUICK_PUT_MAX + 1));
+        assert!(!store.puts_quickly(Uuid::new_v4(), 10), "another org");
     }
 
     /// Large blobs are files named by their digest: equal bytes are kept once, and no

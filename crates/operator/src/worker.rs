@@ -557,8 +557,13 @@ async fn execute(
                     (&receipt_path, &receipt_file),
                 )
             };
-            let written = if inner.artifacts.puts_quickly(size as u64) {
-                Ok(write())
+            let written = if inner.artifacts.puts_quickly(org_id, size as u64) {
+                // (a panic here must not lose the step: it fails, as under spawn_blocking)
+                Ok(
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(write)).unwrap_or_else(
+                        |_| Err(std::io::Error::other("the artifact store panicked")),
+                    ),
+                )
             } else {
                 tokio::task::spawn_blocking(write).await
             };
@@ -768,7 +773,28 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion
                 Err(_) => break,
             }
         }
-        let needs_sync = batch.iter().any(|c| c.stored);
+        // The outputs and receipts the batch records reach the disk first, all together.
+        if batch.iter().any(|c| c.stored) {
+            let store = inner.artifacts.clone();
+            let synced = tokio::task::spawn_blocking(move || store.sync())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            if let Err(e) = synced {
+                // Not tried again (a failed flush may have lost the bytes, and the next one
+                // would not say so): the batch's successes become failures of their steps.
+                tracing::error!(error = %e, batch = batch.len(), "making artifacts durable failed; the batch's successful steps are recorded as failed");
+                for c in batch.iter_mut().filter(|c| c.stored) {
+                    if let Some(failure) = stand_in_item(
+                        &c.item,
+                        "ERR_ARTIFACT_STORE",
+                        "the step's artifacts could not be made durable",
+                    ) {
+                        c.item = failure;
+                        c.stored = false;
+                    }
+                }
+            }
+        }
         let mut items =
             String::with_capacity(batch.iter().map(|c| c.item.len() + 1).sum::<usize>() + 2);
         items.push('[');
@@ -779,20 +805,6 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion
             items.push_str(&c.item);
         }
         items.push(']');
-        let mut backoff = Duration::from_millis(50);
-        // The outputs and receipts the batch records reach the disk first, all together.
-        if needs_sync {
-            loop {
-                let store = inner.artifacts.clone();
-                match tokio::task::spawn_blocking(move || store.sync()).await {
-                    Ok(Ok(())) => break,
-                    Ok(Err(e)) => tracing::warn!(error = %e, "syncing artifacts failed; retrying"),
-                    Err(e) => tracing::warn!(error = %e, "artifact sync task failed; retrying"),
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
         if let Err(e) = complete_retrying(&inner.pool, inner.id, &items).await {
             let results: Vec<(i64, &str)> =
                 batch.iter().map(|c| (c.job, c.item.as_str())).collect();
@@ -910,6 +922,18 @@ pub async fn record_one_by_one(pool: &PgPool, worker: Uuid, results: &[(i64, &st
 /// failure needs (`on_failure`, dependents), and nothing else of it. None when the item
 /// doesn't even name its step.
 fn internal_failure(item: &str, sqlstate: &str) -> Option<String> {
+    stand_in_item(
+        item,
+        "ERR_INTERNAL",
+        &format!("the step's result could not be recorded (SQLSTATE {sqlstate})"),
+    )
+}
+
+/// A final failure of the attempt `item` (a result) names, with `code` and `message`: the
+/// item's identity (job, run, org, step, attempt, execution id) and what its step's failure
+/// needs (`on_failure`, dependents), nothing else of it. None when the item doesn't even
+/// name its step.
+fn stand_in_item(item: &str, code: &str, message: &str) -> Option<String> {
     let item: Value = serde_json::from_str(item).ok()?;
     let execution_id = Uuid::parse_str(item.get("execution_id")?.as_str()?).ok()?;
     let on_failure = match item.get("on_failure").and_then(Value::as_str) {
@@ -934,7 +958,8 @@ fn internal_failure(item: &str, sqlstate: &str) -> Option<String> {
             "on_failure": on_failure,
             "dependents": dependents,
         }),
-        sqlstate,
+        code,
+        message,
     ))
 }
 
@@ -960,19 +985,20 @@ async fn job_failure(pool: &PgPool, worker: Uuid, job: i64, sqlstate: &str) -> O
             "execution_id": Uuid::now_v7().to_string(),
             "on_failure": "fail", "dependents": [],
         }),
-        sqlstate,
+        "ERR_INTERNAL",
+        &format!("the step's result could not be recorded (SQLSTATE {sqlstate})"),
     ))
 }
 
-/// The item of a failure with `ERR_INTERNAL` for the attempt `identity` names (job, run, org,
-/// step, attempt, execution id, on_failure, dependents).
-fn stand_in_failure(identity: &Value, sqlstate: &str) -> String {
+/// The item of a final failure with `code` and `message` of the attempt `identity` names (job,
+/// run, org, step, attempt, execution id, on_failure, dependents).
+fn stand_in_failure(identity: &Value, code: &str, message: &str) -> String {
     let mut failure = identity.clone();
     let now = Utc::now();
     let fields = json!({
         "status": "failed",
-        "error_code": "ERR_INTERNAL",
-        "error_message": format!("the step's result could not be recorded (SQLSTATE {sqlstate})"),
+        "error_code": code,
+        "error_message": message,
         "started_at": now,
         "finished_at": now,
     });
@@ -983,7 +1009,7 @@ fn stand_in_failure(identity: &Value, sqlstate: &str) -> String {
         .get("execution_id")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    with_receipt(&failure, &minimal_receipt(execution_id, "ERR_INTERNAL"))
+    with_receipt(&failure, &minimal_receipt(execution_id, code))
 }
 
 /// Listens for new jobs and cancellations; reconnects after the database comes back.
