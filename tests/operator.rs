@@ -368,18 +368,24 @@ steps:
     op.stop().await;
 }
 
-#[tokio::test]
-async fn real_mode_on_ci_fails_before_any_processor_work() {
+/// A fresh app and org with a pipeline of one `builtin:echo` step.
+async fn one_echo_step() -> (TestApp, PgPool, Tenant, (Uuid, Definition)) {
     let app = TestApp::spawn().await;
     let admin = app.superuser_pool();
     let t = tenant(&admin, "acme").await;
-    let (id, def) = define(
+    let pipeline = define(
         &admin,
         &t,
-        "p",
+        "one",
         "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n",
     )
     .await;
+    (app, admin, t, pipeline)
+}
+
+#[tokio::test]
+async fn real_mode_on_ci_fails_before_any_processor_work() {
+    let (app, admin, t, (id, def)) = one_echo_step().await;
     let op = app.start_operator_with(|config, _| config.ci = true);
     let real = start(&admin, &t, (id, &def), json!({}), Mode::Real).await;
     let mock = start(&admin, &t, (id, &def), json!({}), Mode::Mock).await;
@@ -643,16 +649,7 @@ impl ArtifactStore for FailingSync {
 /// their runs go on per `on_failure`.
 #[tokio::test]
 async fn steps_whose_artifacts_cannot_be_made_durable_fail() {
-    let app = TestApp::spawn().await;
-    let admin = app.superuser_pool();
-    let t = tenant(&admin, "acme").await;
-    let (id, def) = define(
-        &admin,
-        &t,
-        "one",
-        "steps:\n  - {id: a, role: builder, processor: 'builtin:echo', inputs: {x: y}}\n",
-    )
-    .await;
+    let (app, admin, t, (id, def)) = one_echo_step().await;
     let run = start(&admin, &t, (id, &def), json!({}), Mode::Mock).await;
     let pool = store::operator_pool(&app.db.app_url, 4).expect("pool");
     let store = FailingSync(LocalStore::new(
@@ -930,26 +927,18 @@ async fn a_refused_result_fails_its_step_and_holds_back_no_other() {
     )
     .await;
     assert_eq!(refused_jobs, vec![bad_b.job_id, good_b.job_id]);
-    assert_eq!(state(&admin, bad_run).await, "failed");
-    assert_eq!(
-        steps(&admin, bad_run).await[1],
-        (
-            "b".to_owned(),
-            "failed".to_owned(),
-            1,
-            Some("ERR_INTERNAL".to_owned())
-        )
-    );
-    assert_eq!(state(&admin, good_run).await, "failed");
-    assert_eq!(
-        steps(&admin, good_run).await[1],
-        (
-            "b".to_owned(),
-            "failed".to_owned(),
-            1,
-            Some("ERR_INTERNAL".to_owned())
-        )
-    );
+    for run in [bad_run, good_run] {
+        assert_eq!(state(&admin, run).await, "failed");
+        assert_eq!(
+            steps(&admin, run).await[1],
+            (
+                "b".to_owned(),
+                "failed".to_owned(),
+                1,
+                Some("ERR_INTERNAL".to_owned())
+            )
+        );
+    }
     let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
         .bind(vec![good_b.job_id, bad_b.job_id])
         .fetch_all(&admin)
