@@ -438,7 +438,7 @@ pub async fn complete(pool: &PgPool, worker: Uuid, items: &str) -> Result<u64, s
 ///
 /// A job whose row another transaction holds is skipped, never waited for: it is being
 /// completed (the worker's own completer deletes its finished jobs' rows while their leases
-/// are still beaten), or the next beat extends it. Waiting would hold up that transaction, and
+/// are still beaten), or the worker beats it again at its next tick. Waiting would hold up that transaction, and
 /// two batches locking their rows in different orders deadlocked.
 ///
 /// # Errors

@@ -1064,6 +1064,9 @@ async fn listen(inner: Arc<Inner>, stop: CancellationToken) {
 async fn heartbeat(inner: Arc<Inner>, stop: CancellationToken) {
     let beat = inner.config.lease / 3;
     let mut last_beat = Instant::now();
+    // Jobs the last full beat skipped (another transaction held their rows): beaten once more
+    // at the next tick instead of a third of a lease later.
+    let mut skipped: Vec<i64> = Vec::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -1091,9 +1094,27 @@ async fn heartbeat(inner: Arc<Inner>, stop: CancellationToken) {
                 }
             }
         }
-        if last_beat.elapsed() >= beat {
-            match store::heartbeat(&inner.pool, inner.id, &jobs, inner.config.lease).await {
-                Ok(_) => last_beat = Instant::now(),
+        let due = last_beat.elapsed() >= beat;
+        if due || !skipped.is_empty() {
+            let beaten = if due {
+                jobs
+            } else {
+                let running: std::collections::HashSet<i64> = jobs.into_iter().collect();
+                std::mem::take(&mut skipped)
+                    .into_iter()
+                    .filter(|j| running.contains(j))
+                    .collect()
+            };
+            match store::heartbeat(&inner.pool, inner.id, &beaten, inner.config.lease).await {
+                Ok(extended) if due => {
+                    last_beat = Instant::now();
+                    let extended: std::collections::HashSet<i64> = extended.into_iter().collect();
+                    skipped = beaten
+                        .into_iter()
+                        .filter(|j| !extended.contains(j))
+                        .collect();
+                }
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
         }
