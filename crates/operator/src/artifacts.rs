@@ -362,24 +362,20 @@ impl LocalStore {
                 ),
             )
         };
-        let mut header = [0_u8; HEADER_LEN];
-        file.read_exact_at(&mut header, offset).map_err(|e| {
+        // (a record cut short by the end of the segment is damage too)
+        let truncated = |e: io::Error| {
             if e.kind() == ErrorKind::UnexpectedEof {
                 damaged()
             } else {
                 e
             }
-        })?;
+        };
+        let mut header = [0_u8; HEADER_LEN];
+        file.read_exact_at(&mut header, offset).map_err(truncated)?;
         let size = parse_header(&header, sha256).ok_or_else(damaged)?;
         let mut bytes = vec![0_u8; usize::try_from(size).map_err(|_| damaged())?];
         file.read_exact_at(&mut bytes, offset + HEADER_LEN as u64)
-            .map_err(|e| {
-                if e.kind() == ErrorKind::UnexpectedEof {
-                    damaged()
-                } else {
-                    e
-                }
-            })?;
+            .map_err(truncated)?;
         Ok(bytes)
     }
 

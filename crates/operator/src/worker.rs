@@ -536,7 +536,7 @@ async fn execute(
         } => {
             let store = inner.artifacts.clone();
             let receipt_file = receipt_bytes.clone();
-            let files: Vec<(String, Vec<u8>)> = outputs
+            let files: OutputFiles = outputs
                 .iter()
                 .filter_map(|o| decode(&o.content).map(|b| (o.path.clone(), b)))
                 .collect();
@@ -618,7 +618,7 @@ async fn execute(
                 "finished_at": finished_at,
                 "dependents": def.dependents(&ctx.step_id),
                 "artifacts": stored,
-                // (unused by a success; a stand-in failure needs it, see `internal_failure`)
+                // (unused by a success; a stand-in failure needs it, see `stand_in_item`)
                 "on_failure": on_failure_name(&step.on_failure),
             });
             Ok(with_receipt(&item, &receipt_bytes))
@@ -635,17 +635,19 @@ async fn execute(
     }
 }
 
+/// An attempt's output files: path and bytes.
+type OutputFiles = Vec<(String, Vec<u8>)>;
+
 /// Stores one attempt's files — its outputs, the index (written when there are outputs: it
 /// duplicates the receipt's outputs list) and the receipt — and returns the `artifacts` items
 /// for `operator_complete` with the outputs' bytes.
-#[allow(clippy::type_complexity)]
 fn store_attempt_files(
     store: &dyn ArtifactStore,
     org: Uuid,
-    files: Vec<(String, Vec<u8>)>,
+    files: OutputFiles,
     index: (&str, &[u8]),
     receipt: (&str, &[u8]),
-) -> std::io::Result<(Vec<Value>, Vec<(String, Vec<u8>)>)> {
+) -> std::io::Result<(Vec<Value>, OutputFiles)> {
     // Logical paths: the receipt (and the index) beside the outputs.
     let mut all: Vec<(&str, &[u8])> = files
         .iter()
@@ -888,19 +890,19 @@ pub async fn record_one_by_one(pool: &PgPool, worker: Uuid, results: &[(i64, &st
         refused_jobs.push(*job);
         // (the code, not the message: a message may quote the refused data, such as outputs)
         let code = sqlstate(&e);
-        let mut recorded = match internal_failure(item, &code) {
-            Some(failure) => complete_retrying(pool, worker, &format!("[{failure}]"))
+        let message = format!("the step's result could not be recorded (SQLSTATE {code})");
+        let mut recorded = None;
+        if let Some(failure) = stand_in_item(item, "ERR_INTERNAL", &message) {
+            recorded = complete_retrying(pool, worker, &format!("[{failure}]"))
                 .await
-                .ok(),
-            None => None,
-        };
-        if recorded.is_none() {
-            recorded = match job_failure(pool, worker, *job, &code).await {
-                Some(failure) => complete_retrying(pool, worker, &format!("[{failure}]"))
-                    .await
-                    .ok(),
-                None => None,
-            };
+                .ok();
+        }
+        if recorded.is_none()
+            && let Some(failure) = job_failure(pool, worker, *job, &message).await
+        {
+            recorded = complete_retrying(pool, worker, &format!("[{failure}]"))
+                .await
+                .ok();
         }
         match recorded {
             Some(0) => {
@@ -915,18 +917,6 @@ pub async fn record_one_by_one(pool: &PgPool, worker: Uuid, results: &[(i64, &st
         }
     }
     refused_jobs
-}
-
-/// The failure with `ERR_INTERNAL` that stands in for a result the database refused: the
-/// refused item's identity (job, run, org, step, attempt, execution id) and what its step's
-/// failure needs (`on_failure`, dependents), and nothing else of it. None when the item
-/// doesn't even name its step.
-fn internal_failure(item: &str, sqlstate: &str) -> Option<String> {
-    stand_in_item(
-        item,
-        "ERR_INTERNAL",
-        &format!("the step's result could not be recorded (SQLSTATE {sqlstate})"),
-    )
 }
 
 /// A final failure of the attempt `item` (a result) names, with `code` and `message`: the
@@ -946,7 +936,7 @@ fn stand_in_item(item: &str, code: &str, message: &str) -> Option<String> {
         .map(|d| d.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     Some(stand_in_failure(
-        &json!({
+        json!({
             "job": item.get("job")?.as_i64()?,
             "run": Uuid::parse_str(item.get("run")?.as_str()?).ok()?,
             "org": Uuid::parse_str(item.get("org")?.as_str()?).ok()?,
@@ -963,11 +953,12 @@ fn stand_in_item(item: &str, code: &str, message: &str) -> Option<String> {
     ))
 }
 
-/// The stand-in failure for `job` built from its row, when its result can't provide one: the
-/// step fails (`on_failure: fail`: its own setting isn't known here), and so does its run.
+/// The stand-in failure (`ERR_INTERNAL`, `message`) for `job` built from its row, when its
+/// result can't provide one: the step fails (`on_failure: fail`: its own setting isn't known
+/// here), and so does its run.
 /// None when the job is gone, no longer this worker's or not a step's, or the database can't
 /// be read.
-async fn job_failure(pool: &PgPool, worker: Uuid, job: i64, sqlstate: &str) -> Option<String> {
+async fn job_failure(pool: &PgPool, worker: Uuid, job: i64, message: &str) -> Option<String> {
     let row: Option<(Uuid, Uuid, String, i32)> = sqlx::query_as(
         "SELECT run_id, org_id, step_id, attempt FROM jobs \
           WHERE id = $1 AND lease_owner = $2 AND kind = 'step' AND run_id IS NOT NULL \
@@ -980,32 +971,28 @@ async fn job_failure(pool: &PgPool, worker: Uuid, job: i64, sqlstate: &str) -> O
     .ok()?;
     let (run, org, step, attempt) = row?;
     Some(stand_in_failure(
-        &json!({
+        json!({
             "job": job, "run": run, "org": org, "step": step, "attempt": attempt,
             "execution_id": Uuid::now_v7().to_string(),
             "on_failure": "fail", "dependents": [],
         }),
         "ERR_INTERNAL",
-        &format!("the step's result could not be recorded (SQLSTATE {sqlstate})"),
+        message,
     ))
 }
 
-/// The item of a final failure with `code` and `message` of the attempt `identity` names (job,
-/// run, org, step, attempt, execution id, on_failure, dependents).
-fn stand_in_failure(identity: &Value, code: &str, message: &str) -> String {
-    let mut failure = identity.clone();
-    let now = Utc::now();
-    let fields = json!({
-        "status": "failed",
-        "error_code": code,
-        "error_message": message,
-        "started_at": now,
-        "finished_at": now,
-    });
-    if let (Some(failure), Some(fields)) = (failure.as_object_mut(), fields.as_object()) {
-        failure.extend(fields.clone());
+/// `failure` — the identity of an attempt (job, run, org, step, attempt, execution id,
+/// on_failure, dependents) — made the item of a final failure with `code` and `message`.
+fn stand_in_failure(mut failure: Value, code: &str, message: &str) -> String {
+    let now = json!(Utc::now());
+    if let Some(fields) = failure.as_object_mut() {
+        fields.insert("status".into(), json!("failed"));
+        fields.insert("error_code".into(), json!(code));
+        fields.insert("error_message".into(), json!(message));
+        fields.insert("started_at".into(), now.clone());
+        fields.insert("finished_at".into(), now);
     }
-    let execution_id = identity
+    let execution_id = failure
         .get("execution_id")
         .and_then(Value::as_str)
         .unwrap_or_default();
