@@ -3,7 +3,8 @@
 //!
 //! - Queue throughput: no-op jobs claimed and completed through the real queue by 1 and by 2
 //!   operator processes, and the ceiling PostgreSQL allows here: a batched
-//!   `FOR UPDATE SKIP LOCKED` claim-and-complete loop in plain SQL on 2 connections.
+//!   `FOR UPDATE SKIP LOCKED` claim-and-complete loop in plain SQL on 2 connections, in
+//!   batches as large as the operator's claims.
 //!   Target ≥ 20,000 jobs/s and ≥ 50% of the ceiling.
 //! - Pipeline throughput: 10,000 runs of a 5-step fan-out/fan-in pipeline of no-op steps, with
 //!   receipts, artifacts and run bookkeeping; steps/s and the operator's peak memory.
@@ -16,7 +17,8 @@
 //!
 //! Run: `cargo bench -p builderos --bench operator` (`BENCH_JOBS`, `BENCH_RUNS`, `BENCH_ROUNDS`
 //! change the sizes; `BENCH_ONLY=queue,pipeline,latency` picks parts — latency and fairness run
-//! together; `BENCH_CONCURRENCY` sets the pipeline operator's steps at once, default 512;
+//! together; `BENCH_CONCURRENCY` sets the pipeline operator's steps at once, default 512, and
+//! `BENCH_QUEUE_CONCURRENCY` the queue operators', default 1024;
 //! `BENCH_BUILDEROS_BIN` runs another build's `builderos` as the operator, to compare
 //! two versions in one sitting).
 
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 use builderos_operator::pipeline::{self, Definition, Format};
 use builderos_operator::processors::contract::Mode;
 use builderos_operator::store::{self, NewRun, Trigger};
+use builderos_operator::worker::WorkerConfig;
 use builderos_test_support::{OperatorProcess, TestDb};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -205,11 +208,15 @@ async fn start_runs(
     (runs, at)
 }
 
-/// Whether any job is left. Cheap (the lowest id, through the primary key) because it runs
-/// every few milliseconds while the queue is measured: a `count(*)` over the table there would
-/// take a core's worth of CPU from what is being measured.
+/// Whether any job is left. Cheap because it runs every few milliseconds while the queue is
+/// measured, on the CPU being measured: a `count(*)` over the table would take a core's worth.
+/// It reads the highest id, through the primary key. The lowest would cost more as the run
+/// goes on: claims take each org's oldest jobs first and the benchmark's ids run org by org,
+/// so the low end of the index fills with the entries of deleted jobs, which every look would
+/// walk over again until a vacuum (in one measurement that walk was a tenth of PostgreSQL's
+/// CPU); the highest ids are the last org's newest jobs, taken last.
 async fn jobs_left(admin: &PgPool) -> bool {
-    sqlx::query_scalar::<_, i64>("SELECT id FROM jobs ORDER BY id LIMIT 1")
+    sqlx::query_scalar::<_, i64>("SELECT id FROM jobs ORDER BY id DESC LIMIT 1")
         .fetch_optional(admin)
         .await
         .expect("jobs left")
@@ -241,7 +248,8 @@ struct QueueRound {
     client_us: f64,
 }
 
-/// The ceiling: a plain-SQL batched claim-and-complete loop on `connections` connections.
+/// The ceiling: a plain-SQL batched claim-and-complete loop on `connections` connections, in
+/// batches as large as the operator's claims.
 async fn ceiling(world: &World, orgs: &[Uuid], n: u64, connections: usize) -> QueueRound {
     noop_jobs(&world.admin, orgs, n).await;
     let pool = PgPoolOptions::new()
@@ -259,8 +267,9 @@ async fn ceiling(world: &World, orgs: &[Uuid], n: u64, connections: usize) -> Qu
                 let ids: Vec<i64> = sqlx::query_scalar(
                     "UPDATE jobs SET state = 'running', lease_until = now() + interval '30 s' \
                      WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' ORDER BY org_id, run_at, id \
-                                  LIMIT 256 FOR UPDATE SKIP LOCKED) RETURNING id",
+                                  LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id",
                 )
+                .bind(i64::from(WorkerConfig::default().batch))
                 .fetch_all(&pool)
                 .await
                 .expect("claim");
@@ -294,7 +303,12 @@ async fn queue(world: &World, orgs: &[Uuid], n: u64, operators: usize) -> QueueR
     let pg_before = postgres_cpu_secs();
     let started = Instant::now();
     let ops: Vec<Operator> = (0..operators)
-        .map(|_| Operator::start(&world.db, 1024))
+        .map(|_| {
+            Operator::start(
+                &world.db,
+                u32::try_from(env_num("BENCH_QUEUE_CONCURRENCY", 1024)).expect("concurrency"),
+            )
+        })
         .collect();
     while jobs_left(&world.admin).await {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -562,7 +576,8 @@ fn main() {
         let (ceil_rate, q1_rate, q2_rate) = (med(&ceil, |r| r.rate), med(&q1, |r| r.rate), med(&q2, |r| r.rate));
         println!("queue throughput ({jobs} no-op jobs over 10 orgs; CPU per job: PostgreSQL + the claiming side)");
         println!(
-            "  PostgreSQL ceiling (plain SQL, batched SKIP LOCKED, 2 connections) {ceil_rate:>9.0} jobs/s   CPU {:.1} + {:.1} µs",
+            "  PostgreSQL ceiling (plain SQL, SKIP LOCKED batches of {}, 2 connections) {ceil_rate:>9.0} jobs/s   CPU {:.1} + {:.1} µs",
+            WorkerConfig::default().batch,
             med(&ceil, |r| r.postgres_us),
             med(&ceil, |r| r.client_us)
         );

@@ -67,7 +67,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             concurrency: 8,
-            batch: 256,
+            batch: 512,
             complete_batch: 256,
             lease: Duration::from_secs(15),
             default_org_limit: 16,
