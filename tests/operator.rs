@@ -1291,3 +1291,49 @@ async fn claims_share_slots_out_and_running_counts_follow_every_change() {
     }
     assert_counts_match(&admin, "after racing first writers").await;
 }
+
+#[tokio::test]
+async fn a_worker_completes_noop_jobs_by_deleting_them() {
+    let app = TestApp::spawn().await;
+    let admin = app.superuser_pool();
+    let (a, b) = (tenant(&admin, "a").await, tenant(&admin, "b").await);
+    sqlx::query("INSERT INTO jobs (org_id, kind) SELECT o, 'noop' FROM unnest($1::uuid[]) o, generate_series(1, 300)")
+        .bind(vec![a.org, b.org])
+        .execute(&admin)
+        .await
+        .expect("jobs");
+    // A step of a real run beside them: its batches carry both kinds.
+    let (id, def) = define(
+        &admin,
+        &a,
+        "p",
+        "steps:\n  - {id: s, role: builder, processor: 'builtin:echo', inputs: {}}\n",
+    )
+    .await;
+    let run = start(&admin, &a, (id, &def), json!({}), Mode::Mock).await;
+    let op = app.start_operator_with(|_, w| w.concurrency = 64);
+    assert_eq!(
+        finished(&admin, &[run], Duration::from_secs(30)).await,
+        ["succeeded"]
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+            .fetch_one(&admin)
+            .await
+            .expect("jobs left");
+        if left == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{left} jobs left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_counts_match(&admin, "after the worker").await;
+    let running: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(running), 0)::bigint FROM org_job_counts")
+            .fetch_one(&admin)
+            .await
+            .expect("counts");
+    assert_eq!(running, 0);
+    op.stop().await;
+}

@@ -420,6 +420,20 @@ pub async fn snapshots(
         .await
 }
 
+/// Deletes finished jobs that need no other record (no-op jobs, and jobs dropped because their
+/// run is gone): `operator_complete` does the same with the `noop` items of a batch. Returns
+/// how many rows it deleted (a job deleted before counts once).
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_jobs(pool: &PgPool, jobs: &[i64]) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
+        .bind(jobs)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
 /// Records a batch of attempt results (a JSON array as text, see `operator_complete`) in one
 /// transaction; returns how many were recorded (the rest had been recorded already).
 ///

@@ -86,6 +86,8 @@ struct Completion {
     item: String,
     /// Whether the attempt stored artifacts (which must be synced before it is recorded).
     stored: bool,
+    /// A dropped or no-op job: deleting its row is its record.
+    noop: bool,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -95,6 +97,7 @@ fn noop(job: i64, permit: Option<OwnedSemaphorePermit>) -> Completion {
         job,
         item: format!(r#"{{"job":{job},"noop":true}}"#),
         stored: false,
+        noop: true,
         _permit: permit,
     }
 }
@@ -380,6 +383,7 @@ async fn dispatch(
                 job: ctx.job_id,
                 item,
                 stored,
+                noop: false,
                 _permit: permit,
             });
         });
@@ -797,21 +801,31 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Completion
                 }
             }
         }
-        let mut items =
-            String::with_capacity(batch.iter().map(|c| c.item.len() + 1).sum::<usize>() + 2);
-        items.push('[');
-        for (i, c) in batch.iter().enumerate() {
-            if i > 0 {
-                items.push(',');
+        if batch.iter().all(|c| c.noop) {
+            // Nothing to record but the deletions: one statement, no JSON to read (what
+            // operator_complete does with such a batch, without its bookkeeping for steps).
+            let ids: Vec<i64> = batch.iter().map(|c| c.job).collect();
+            until_ok("deleting finished no-op jobs", || {
+                store::delete_jobs(&inner.pool, &ids)
+            })
+            .await;
+        } else {
+            let mut items =
+                String::with_capacity(batch.iter().map(|c| c.item.len() + 1).sum::<usize>() + 2);
+            items.push('[');
+            for (i, c) in batch.iter().enumerate() {
+                if i > 0 {
+                    items.push(',');
+                }
+                items.push_str(&c.item);
             }
-            items.push_str(&c.item);
-        }
-        items.push(']');
-        if let Err(e) = complete_retrying(&inner.pool, inner.id, &items).await {
-            let results: Vec<(i64, &str)> =
-                batch.iter().map(|c| (c.job, c.item.as_str())).collect();
-            tracing::error!(sqlstate = %sqlstate(&e), batch = batch.len(), "the database refused a batch of results; recording them one by one");
-            record_one_by_one(&inner.pool, inner.id, &results).await;
+            items.push(']');
+            if let Err(e) = complete_retrying(&inner.pool, inner.id, &items).await {
+                let results: Vec<(i64, &str)> =
+                    batch.iter().map(|c| (c.job, c.item.as_str())).collect();
+                tracing::error!(sqlstate = %sqlstate(&e), batch = batch.len(), "the database refused a batch of results; recording them one by one");
+                record_one_by_one(&inner.pool, inner.id, &results).await;
+            }
         }
         {
             let mut inflight = lock(&inner.inflight);
