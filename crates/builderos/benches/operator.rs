@@ -18,7 +18,7 @@
 //! Run: `cargo bench -p builderos --bench operator` (`BENCH_JOBS`, `BENCH_RUNS`, `BENCH_ROUNDS`
 //! change the sizes; `BENCH_ONLY=queue,pipeline,latency` picks parts — latency and fairness run
 //! together; `BENCH_CONCURRENCY` sets the pipeline operator's steps at once, default 512, and
-//! `BENCH_QUEUE_CONCURRENCY` the queue operators', default 1024;
+//! `BENCH_QUEUE_CONCURRENCY` the queue operators', default 2048;
 //! `BENCH_BUILDEROS_BIN` runs another build's `builderos` as the operator, to compare
 //! two versions in one sitting).
 
@@ -306,7 +306,9 @@ async fn queue(world: &World, orgs: &[Uuid], n: u64, operators: usize) -> QueueR
         .map(|_| {
             Operator::start(
                 &world.db,
-                u32::try_from(env_num("BENCH_QUEUE_CONCURRENCY", 1024)).expect("concurrency"),
+                // No-op jobs hold nothing but a slot. With 1,024 the two claims a worker keeps
+                // going were held back by free slots (~330 jobs each, of up to 512).
+                u32::try_from(env_num("BENCH_QUEUE_CONCURRENCY", 2048)).expect("concurrency"),
             )
         })
         .collect();
