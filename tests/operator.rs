@@ -1316,7 +1316,7 @@ async fn a_worker_completes_noop_jobs_by_deleting_them() {
         finished(&admin, &[run], Duration::from_secs(30)).await,
         ["succeeded"]
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
             .fetch_one(&admin)
@@ -1325,7 +1325,7 @@ async fn a_worker_completes_noop_jobs_by_deleting_them() {
         if left == 0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{left} jobs left");
+        assert!(Instant::now() < deadline, "{left} jobs left");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_counts_match(&admin, "after the worker").await;
