@@ -6,14 +6,15 @@
 //! - export throughput (pages fetched and rendered as JSON Lines) in events/s;
 //! - verify throughput (the whole 1M chain recomputed) in events/s;
 //! - the overhead of the audit write on a mutating request, as requests/s with and without it
-//!   (three alternating rounds of each): a minimal update route in the big org, and the real
+//!   (eight pairs of short rounds, the overhead the median of the pairs' ratios): a minimal update route in the big org, and the real
 //!   `PATCH …/projects/{project}` against a copy of its handler minus the audit write; each
 //!   over 16 connections in one org, 16 connections over 16 orgs, and one connection. The
 //!   audit side pays for sealing too: a background sealer runs during its rounds, and the time
 //!   to seal what is left in the journal when a round ends is added to that round's time.
 //!
 //! Run: `cargo bench -p builderos --bench audit` (`BENCH_EVENTS` changes the size of the big
-//! org; the other orgs get as many events in total).
+//! org; the other orgs get as many events in total; `BENCH_ONLY=patch` measures only the real
+//! `PATCH`'s overhead).
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,10 @@ use builderos_test_support::{TestApp, TestDb};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::{cpu_secs, postgres_cpu_secs};
 
 const ACTIONS: [&str; 12] = [
     "deploy.request",
@@ -146,8 +151,83 @@ async fn insert(pool: &PgPool, chain: &mut Chain, n: i64, end: DateTime<Utc>, ac
         .expect("head");
 }
 
-/// Alternating rounds of each side of an overhead comparison.
-const ROUNDS: usize = 3;
+/// A round of load on one side of an overhead comparison: requests/s (the time to seal what
+/// the journal holds when the round ends counts in it), and CPU per request of PostgreSQL and
+/// of this process (the API, its sealer and the load generator).
+#[derive(Clone, Copy)]
+struct Round {
+    rps: f64,
+    postgres_us: f64,
+    client_us: f64,
+}
+
+/// Pairs of rounds in an overhead comparison, and the length of each round. The machine's
+/// speed drifts by tens of percent over seconds, so the two sides run in many short pairs,
+/// in alternating order, and the overhead is the median of the pairs' own ratios.
+const PAIRS: usize = 8;
+const ROUND: Duration = Duration::from_millis(1500);
+
+/// Runs `load` (which returns how many requests it made) as one round over `orgs`.
+async fn round(pool: &PgPool, orgs: &[Uuid], load: impl Future<Output = u64>) -> Round {
+    let (pg_before, me_before) = (postgres_cpu_secs(), cpu_secs("self").unwrap_or(0.0));
+    let started = Instant::now();
+    let requests = load.await;
+    let elapsed = started.elapsed() + drain(pool, orgs).await;
+    let n = requests.max(1) as f64;
+    Round {
+        rps: requests as f64 / elapsed.as_secs_f64(),
+        postgres_us: (postgres_cpu_secs() - pg_before) * 1e6 / n,
+        client_us: (cpu_secs("self").unwrap_or(0.0) - me_before) * 1e6 / n,
+    }
+}
+
+/// Runs [`PAIRS`] pairs of rounds, `side(false)` without the audit write and `side(true)`
+/// with it, and prints the comparison as `name`.
+async fn compare(name: &str, mut side: impl AsyncFnMut(bool) -> Round) {
+    let mut pairs = Vec::new();
+    for i in 0..PAIRS {
+        // Alternated, so that a drift over the pair weighs on both sides alike.
+        let (without, with) = if i % 2 == 0 {
+            let without = side(false).await;
+            (without, side(true).await)
+        } else {
+            let with = side(true).await;
+            (side(false).await, with)
+        };
+        pairs.push((without, with));
+    }
+    let mut overheads: Vec<f64> = pairs
+        .iter()
+        .map(|(without, with)| 100.0 * (1.0 - with.rps / without.rps))
+        .collect();
+    let listed = overheads
+        .iter()
+        .map(|o| format!("{o:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    overheads.sort_by(f64::total_cmp);
+    let median = overheads[overheads.len() / 2 - 1].midpoint(overheads[overheads.len() / 2]);
+    let mean = |f: fn(&Round) -> f64, with: bool| {
+        pairs
+            .iter()
+            .map(|p| f(if with { &p.1 } else { &p.0 }))
+            .sum::<f64>()
+            / pairs.len() as f64
+    };
+    println!(
+        "    {name:<38} without {:>6.0} req/s, with {:>6.0} req/s: overhead {median:>5.1} %   (target <= 15 %)",
+        mean(|r| r.rps, false),
+        mean(|r| r.rps, true),
+    );
+    println!(
+        "    {:<38} pairs: [{listed}] %; CPU per request: without {:.0} + {:.0} µs, with {:.0} + {:.0} µs (PostgreSQL + this process)",
+        "",
+        mean(|r| r.postgres_us, false),
+        mean(|r| r.client_us, false),
+        mean(|r| r.postgres_us, true),
+        mean(|r| r.client_us, true),
+    );
+}
 
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();
@@ -178,14 +258,15 @@ async fn update(
     tx.commit().await
 }
 
-async fn requests_per_second(
+/// Posts to `{path}/{org}/{project}` over one connection per target until `deadline`; how
+/// many requests that made.
+async fn post_until(
     app: &TestApp,
     path: &str,
     targets: &[(Uuid, Uuid)],
     duration: Duration,
-) -> f64 {
+) -> u64 {
     let deadline = Instant::now() + duration;
-    let started = Instant::now();
     let mut tasks = Vec::new();
     for (org, project) in targets {
         let (client, url) = (
@@ -210,20 +291,16 @@ async fn requests_per_second(
     for t in tasks {
         total += t.await.expect("task");
     }
-    let orgs = targets
-        .iter()
-        .map(|t| t.0)
-        .collect::<std::collections::BTreeSet<_>>();
-    total as f64 / (started.elapsed() + drain(&app.pool, orgs.into_iter()).await).as_secs_f64()
+    total
 }
 
 /// Seals what the journal still holds for `orgs` (waiting for a sealer that holds one of
 /// them); how long that took.
-async fn drain(pool: &PgPool, orgs: impl Iterator<Item = Uuid>) -> Duration {
+async fn drain(pool: &PgPool, orgs: &[Uuid]) -> Duration {
     let t = Instant::now();
     let mut conn = pool.acquire().await.expect("conn");
     for org in orgs {
-        audit::sealer::seal(&mut *conn, Some(org))
+        audit::sealer::seal(&mut *conn, Some(*org))
             .await
             .expect("seal");
     }
@@ -240,6 +317,10 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
+        if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "patch") {
+            real_endpoint_overhead().await;
+            return;
+        }
         let db = TestDb::new().await;
         let superuser = PgPool::connect(&db.superuser_url).await.expect("superuser");
         let app_pool = db.app_pool();
@@ -338,27 +419,25 @@ fn main() {
             builderos_shared::http::finish(routes, "bench", limit)
         })
         .await;
-        let secs = Duration::from_secs(3);
-        requests_per_second(&app, "/without", &same_org, Duration::from_secs(1)).await;
-        println!("  audit write overhead on a mutating request (the same update with and without audit::record):");
+        post_until(&app, "/without", &same_org, Duration::from_secs(1)).await;
+        println!("  audit write overhead on a mutating request (the same update with and without audit::record; median of {PAIRS} pairs of {:.1} s rounds):", ROUND.as_secs_f64());
         for (name, targets) in [("16 connections, one org (one chain)", &same_org), ("16 connections, 16 orgs", &many_orgs), ("1 connection", &same_org[..1].to_vec())] {
-            // Alternated, so that the machine's drift over the measurement weighs on both alike.
-            let (mut without, mut with) = (0.0, 0.0);
-            for _ in 0..ROUNDS {
-                without += requests_per_second(&app, "/without", targets, secs).await / ROUNDS as f64;
-                with += requests_per_second(&app, "/with", targets, secs).await / ROUNDS as f64;
-            }
-            println!("    {name:<38} without {without:>6.0} req/s, with {with:>6.0} req/s: overhead {:>5.1} %   (target <= 15 %)", 100.0 * (1.0 - with / without));
+            let orgs: Vec<Uuid> = targets.iter().map(|t| t.0).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            compare(name, async |audited| {
+                let path = if audited { "/with" } else { "/without" };
+                round(&app.pool, &orgs, post_until(&app, path, targets, ROUND)).await
+            })
+            .await;
         }
         drop((app, sealer));
-        real_endpoint_overhead(secs).await;
+        real_endpoint_overhead().await;
     });
 }
 
 /// The real `PATCH /v1/orgs/{org}/projects/{project}` (authenticated, authorized, audited)
 /// against a copy of its handler minus the audit write: the same extractors, validation,
 /// statements and response.
-async fn real_endpoint_overhead(secs: Duration) {
+async fn real_endpoint_overhead() {
     use builderos_api::AppState;
     use builderos_api::auth::Auth;
     use builderos_api::domain::display_name;
@@ -490,15 +569,16 @@ async fn real_endpoint_overhead(secs: Duration) {
             .await;
         many_orgs.push((org, p["id"].as_str().expect("id").to_owned()));
     }
-    async fn rate(
+    /// Renames through `{prefix}/orgs/{org}/projects/{project}` over one connection per target
+    /// for `duration`; how many requests that made.
+    async fn patch_until(
         app: &TestApp,
         prefix: &str,
         token: &str,
         targets: &[(String, String)],
         duration: Duration,
-    ) -> f64 {
+    ) -> u64 {
         let deadline = Instant::now() + duration;
-        let started = Instant::now();
         let mut tasks = Vec::new();
         for (org, project) in targets {
             let (client, url, token) = (
@@ -525,13 +605,9 @@ async fn real_endpoint_overhead(secs: Duration) {
         for t in tasks {
             total += t.await.expect("task");
         }
-        let orgs = targets
-            .iter()
-            .map(|t| Uuid::parse_str(&t.0).expect("org id"))
-            .collect::<std::collections::BTreeSet<_>>();
-        total as f64 / (started.elapsed() + drain(&app.pool, orgs.into_iter()).await).as_secs_f64()
+        total
     }
-    rate(
+    patch_until(
         &app,
         "/bench",
         &owner.access,
@@ -540,7 +616,8 @@ async fn real_endpoint_overhead(secs: Duration) {
     )
     .await;
     println!(
-        "  audit write overhead on the real PATCH /v1/orgs/{{org}}/projects/{{project}} (session auth, RLS, 2 reads + update):"
+        "  audit write overhead on the real PATCH /v1/orgs/{{org}}/projects/{{project}} (session auth, RLS, 2 reads + update; median of {PAIRS} pairs of {:.1} s rounds):",
+        ROUND.as_secs_f64()
     );
     let one = same_org[..1].to_vec();
     for (name, targets) in [
@@ -548,14 +625,22 @@ async fn real_endpoint_overhead(secs: Duration) {
         ("16 connections, 16 orgs", &many_orgs),
         ("1 connection", &one),
     ] {
-        let (mut without, mut with) = (0.0, 0.0);
-        for _ in 0..ROUNDS {
-            without += rate(&app, "/bench", &owner.access, targets, secs).await / ROUNDS as f64;
-            with += rate(&app, "/v1", &owner.access, targets, secs).await / ROUNDS as f64;
-        }
-        println!(
-            "    {name:<38} without {without:>6.0} req/s, with {with:>6.0} req/s: overhead {:>5.1} %   (target <= 15 %)",
-            100.0 * (1.0 - with / without)
-        );
+        let orgs: Vec<Uuid> = targets
+            .iter()
+            .map(|t| Uuid::parse_str(&t.0).expect("org id"))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let token = &owner.access;
+        compare(name, async |audited| {
+            let prefix = if audited { "/v1" } else { "/bench" };
+            round(
+                &app.pool,
+                &orgs,
+                patch_until(&app, prefix, token, targets, ROUND),
+            )
+            .await
+        })
+        .await;
     }
 }

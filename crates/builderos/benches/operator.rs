@@ -33,6 +33,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::{cpu_secs, postgres_cpu_secs};
+
 const FAN: &str = r"
 steps:
   - {id: a, role: planner, processor: 'builtin:sleep', inputs: {ms: 0}}
@@ -372,34 +376,6 @@ struct Tally {
     succeeded: i64,
     attempts: i64,
     distinct_steps: i64,
-}
-
-/// CPU seconds (user and system) that process `pid` has used, from `/proc/<pid>/stat`.
-fn cpu_secs(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): state is the first; utime and
-    // stime are fields 14 and 15 of the line, in USER_HZ ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-/// CPU seconds used so far by every `postgres` process on the machine (the bench's cluster).
-fn postgres_cpu_secs() -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "postgres")
-        })
-        .filter_map(|pid| cpu_secs(&pid))
-        .sum()
 }
 
 /// A pipeline round's figures.
