@@ -60,9 +60,9 @@ pub async fn seal<'c>(
 ///
 /// # Errors
 /// Database errors.
-pub async fn seal_all(pool: &PgPool) -> Result<u64, sqlx::Error> {
+pub async fn seal_all<'c>(executor: impl sqlx::PgExecutor<'c>) -> Result<u64, sqlx::Error> {
     let n: i32 = sqlx::query_scalar("SELECT audit_seal(NULL)")
-        .fetch_one(pool)
+        .fetch_one(executor)
         .await?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
