@@ -6,7 +6,8 @@
 //! - export throughput (pages fetched and rendered as JSON Lines) in events/s;
 //! - verify throughput (the whole 1M chain recomputed) in events/s;
 //! - the overhead of the audit write on a mutating request, as requests/s with and without it
-//!   (eight pairs of short rounds, the overhead the median of the pairs' ratios): a minimal update route in the big org, and the real
+//!   (eight pairs of short rounds; the overhead is the median of the pairs' ratios): a minimal
+//!   update route in the big org, and the real
 //!   `PATCH …/projects/{project}` against a copy of its handler minus the audit write; each
 //!   over 16 connections in one org, 16 connections over 16 orgs, and one connection. The
 //!   audit side pays for sealing too: a background sealer runs during its rounds, and the time
@@ -258,8 +259,8 @@ async fn update(
     tx.commit().await
 }
 
-/// Posts to `{path}/{org}/{project}` over one connection per target until `deadline`; how
-/// many requests that made.
+/// Posts to `{path}/{org}/{project}` over one connection per target for `duration`; how many
+/// requests that made.
 async fn post_until(
     app: &TestApp,
     path: &str,
