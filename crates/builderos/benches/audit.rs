@@ -259,30 +259,23 @@ async fn update(
     tx.commit().await
 }
 
-/// Posts to `{path}/{org}/{project}` over one connection per target for `duration`; how many
-/// requests that made.
-async fn post_until(
+/// Sends `request(client, url)` over one connection per url, each again as soon as the one
+/// before succeeded, for `duration`; how many requests that made.
+async fn load_until(
     app: &TestApp,
-    path: &str,
-    targets: &[(Uuid, Uuid)],
+    urls: Vec<String>,
     duration: Duration,
+    request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder + Clone + Send + 'static,
 ) -> u64 {
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
-    for (org, project) in targets {
-        let (client, url) = (
-            app.client.clone(),
-            app.url(&format!("{path}/{org}/{project}")),
-        );
+    for url in urls {
+        let (client, request) = (app.client.clone(), request.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
-                let ok = client
-                    .post(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                assert!(ok, "update failed");
+                let res = request(&client, &url).send().await;
+                assert!(res.is_ok_and(|r| r.status().is_success()), "{url} failed");
                 n += 1;
             }
             n
@@ -293,6 +286,21 @@ async fn post_until(
         total += t.await.expect("task");
     }
     total
+}
+
+/// Posts to `{path}/{org}/{project}` over one connection per target for `duration`; how many
+/// requests that made.
+async fn post_until(
+    app: &TestApp,
+    path: &str,
+    targets: &[(Uuid, Uuid)],
+    duration: Duration,
+) -> u64 {
+    let urls = targets
+        .iter()
+        .map(|(org, project)| app.url(&format!("{path}/{org}/{project}")))
+        .collect();
+    load_until(app, urls, duration, |client, url| client.post(url)).await
 }
 
 /// Seals what the journal still holds for `orgs`, as a sealer would: every chain in one batch,
@@ -581,34 +589,18 @@ async fn real_endpoint_overhead() {
         targets: &[(String, String)],
         duration: Duration,
     ) -> u64 {
-        let deadline = Instant::now() + duration;
-        let mut tasks = Vec::new();
-        for (org, project) in targets {
-            let (client, url, token) = (
-                app.client.clone(),
-                app.url(&format!("{prefix}/orgs/{org}/projects/{project}")),
-                token.to_owned(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    let res = client
-                        .patch(&url)
-                        .bearer_auth(&token)
-                        .json(&serde_json::json!({"name": "Renamed"}))
-                        .send()
-                        .await;
-                    assert!(res.is_ok_and(|r| r.status().is_success()), "rename failed");
-                    n += 1;
-                }
-                n
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await.expect("task");
-        }
-        total
+        let urls = targets
+            .iter()
+            .map(|(org, project)| app.url(&format!("{prefix}/orgs/{org}/projects/{project}")))
+            .collect();
+        let token = token.to_owned();
+        load_until(app, urls, duration, move |client, url| {
+            client
+                .patch(url)
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"name": "Renamed"}))
+        })
+        .await
     }
     patch_until(
         &app,
