@@ -1185,6 +1185,122 @@ async fn concurrent_writers_and_sealers_make_one_chain() {
     assert_eq!((seq, prev), (15, Some(before_last)));
 }
 
+/// `record_with` puts the event in the statement that makes the change: the change keeps its
+/// own `WITH`, `RETURNING` rows and rows affected; a change that fails takes its event with it;
+/// what it records seals into a chain that verifies like any other.
+#[tokio::test]
+async fn an_event_rides_in_the_statement_of_its_change() {
+    use builderos_api::audit::query::Filter;
+    use builderos_api::audit::{self, AuditContext, Event, store};
+    use builderos_shared::db::{self, Scope};
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let org: uuid::Uuid = app.create_org(&alice, "acme").await.parse().expect("uuid");
+    let (_, p) = app
+        .post_as(
+            &format!("/v1/orgs/{org}/projects"),
+            Some(&alice.access),
+            serde_json::json!({"slug": "web", "name": "Web"}),
+        )
+        .await;
+    let project: uuid::Uuid = p["id"].as_str().expect("id").parse().expect("uuid");
+    let event = |name: &str| {
+        Event::success("project.rename", "project", project).detail(serde_json::json!({"to": name}))
+    };
+    let ctx = AuditContext::system();
+
+    // A change with a WITH of its own, returning rows.
+    let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
+    let renamed: Vec<(String,)> = audit::record_with(
+        sqlx::query(
+            "WITH n AS (SELECT $1::text AS name) \
+             UPDATE projects SET name = (SELECT name FROM n) WHERE id = $2 RETURNING name",
+        )
+        .bind("Renamed")
+        .bind(project),
+        Some(org),
+        &ctx,
+        event("Renamed"),
+    )
+    .expect("statement")
+    .try_map(|row: sqlx::postgres::PgRow| sqlx::FromRow::from_row(&row))
+    .fetch_all(&mut *tx)
+    .await
+    .expect("change");
+    assert_eq!(renamed, vec![("Renamed".to_owned(),)]);
+    // Rows affected are the change's, not the journal's.
+    let done = audit::record_with(
+        sqlx::query("UPDATE projects SET name = $1 WHERE id = $2")
+            .bind("Again")
+            .bind(uuid::Uuid::now_v7()),
+        Some(org),
+        &ctx,
+        event("Again"),
+    )
+    .expect("statement")
+    .execute(&mut *tx)
+    .await
+    .expect("change");
+    assert_eq!(done.rows_affected(), 0);
+    tx.rollback().await.expect("rollback");
+
+    // Committed: the change and its event. A failing change: neither.
+    let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
+    audit::record_with(
+        sqlx::query("UPDATE projects SET name = $1 WHERE id = $2")
+            .bind("Kept")
+            .bind(project),
+        Some(org),
+        &ctx,
+        event("Kept"),
+    )
+    .expect("statement")
+    .execute(&mut *tx)
+    .await
+    .expect("change");
+    tx.commit().await.expect("commit");
+    let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
+    let err = audit::record_with(
+        sqlx::query("INSERT INTO projects (id, org_id, slug, name) VALUES ($1, $2, 'web', 'Dup')")
+            .bind(uuid::Uuid::now_v7())
+            .bind(org),
+        Some(org),
+        &ctx,
+        event("Dup"),
+    )
+    .expect("statement")
+    .execute(&mut *tx)
+    .await
+    .expect_err("the slug is taken");
+    assert!(
+        err.as_database_error()
+            .is_some_and(|e| e.constraint() == Some("projects_org_slug_key")),
+        "{err}"
+    );
+    drop(tx);
+
+    let filter = Filter {
+        action: Some(audit::query::ActionMatch::Exact(
+            "project.rename".to_owned(),
+        )),
+        ..Filter::default()
+    };
+    let events = store::page_desc(&app.pool, org, &filter, None, 10)
+        .await
+        .expect("events");
+    let details: Vec<_> = events.iter().map(|e| e.detail.clone()).collect();
+    assert_eq!(details, vec![serde_json::json!({"to": "Kept"})]);
+    assert_eq!(events[0].actor_type, "system");
+    let name: String = sqlx::query_scalar("SELECT name FROM projects WHERE id = $1")
+        .bind(project)
+        .fetch_one(&app.superuser_pool())
+        .await
+        .expect("project");
+    assert_eq!(name, "Kept");
+    let report = store::verify_org(&app.pool, org).await.expect("verify");
+    assert!(report.ok, "{:?}", report.first_broken_seq);
+}
+
 /// Retention prunes a prefix of the chain, records an anchor so the rest still verifies, and
 /// the pruning itself is an audited event. Only Owners change retention.
 #[tokio::test]

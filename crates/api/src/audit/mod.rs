@@ -17,7 +17,9 @@ pub mod verify;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{Arguments as _, Execute as _, PgConnection, Postgres};
 use uuid::Uuid;
 
 /// The chain id of platform events that belong to no org.
@@ -459,10 +461,20 @@ fn truncate(s: Option<&str>, max: usize) -> Option<String> {
     s.map(|s| s.chars().take(max).collect())
 }
 
+/// The journal's columns, in the order [`Journaled::bind`] adds their values.
+const JOURNAL_COLUMNS: &str = "chain_id, id, org_id, occurred_at, actor_type, actor_id, actor_name, auth_method, \
+     action, target_type, target_id, outcome, request_id, client_addr, user_agent, detail, before_prev, before_seq, \
+     after_seq";
+/// How many values [`Journaled::bind`] adds.
+const JOURNAL_VALUES: usize = 19;
+
 /// Records `event` in the caller's transaction, for `org`'s chain (the platform chain when
 /// `org` is None): it commits or rolls back with the change. It joins the chain — gets its
 /// `seq` and hash — when it is sealed after the commit ([`sealer`]), so it is not in
 /// `audit_events` when read back inside the transaction; every read of the trail seals first.
+///
+/// A change made by one statement whose event is known before it runs should use
+/// [`record_with`] instead: the same event, without a statement of its own.
 ///
 /// # Errors
 /// Database errors; the transaction then rolls back with the change.
@@ -472,75 +484,193 @@ pub async fn record(
     ctx: &AuditContext,
     event: Event,
 ) -> Result<(), sqlx::Error> {
-    let chain = org.unwrap_or(PLATFORM_CHAIN);
-    if let (Some(org), Outcome::Success) = (org, event.outcome) {
-        // Every change to an org passes here: this replica's cached reads of the org go now,
-        // so its next request reads what this transaction wrote (other replicas hear of the
-        // commit through the cache triggers).
-        crate::cache::changed(org);
-    }
-    let occurred_at = Utc::now().trunc_subsecs(6);
-    let (actor_type, actor_id, actor_name) = match &ctx.actor {
-        Actor::User { id, name } => ("user", Some(id.to_string()), Some(name.clone())),
-        Actor::Token { id, name } => ("token", Some(id.to_string()), Some(name.clone())),
-        Actor::System => ("system", None, Some("system".to_owned())),
-        Actor::Anonymous => ("anonymous", None, None),
-    };
-    let detail = sanitize(event.detail);
-    let user_agent = truncate(ctx.user_agent.as_deref(), 256);
-    let request_id = truncate(ctx.request_id.as_deref(), 128);
-    let fields = ChainedFields {
-        id: Uuid::now_v7(),
-        org_id: org,
-        // Filled in by the database under the chain's lock.
-        seq: 0,
-        occurred_at: timestamp(occurred_at),
-        actor_type,
-        actor_id: actor_id.as_deref(),
-        actor_name: actor_name.as_deref(),
-        auth_method: ctx.auth_method.as_deref(),
-        action: event.action,
-        target_type: event.target_type,
-        target_id: event.target_id.as_deref(),
-        outcome: event.outcome.as_str(),
-        request_id: request_id.as_deref(),
-        client_addr: ctx.client_addr.as_deref(),
-        user_agent: user_agent.as_deref(),
-        detail: &detail,
-        prev_hash: "",
-    };
-    let [before_prev, before_seq, after_seq] = fields.canonical_split();
-    // The event waits in the journal, durable with the change, until a sealer appends it to
-    // its chain (migration 0012): no head lock and no chain work in the change's transaction.
-    sqlx::query(
-        "INSERT INTO audit_journal (chain_id, id, org_id, occurred_at, actor_type, actor_id, \
-         actor_name, auth_method, action, target_type, target_id, outcome, request_id, \
-         client_addr, user_agent, detail, before_prev, before_seq, after_seq) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)",
+    let mut args = PgArguments::default();
+    Journaled::new(org, ctx, event)
+        .bind(&mut args)
+        .map_err(sqlx::Error::Encode)?;
+    sqlx::query_with(
+        sqlx::AssertSqlSafe(format!(
+            "INSERT INTO audit_journal ({JOURNAL_COLUMNS}) VALUES ({})",
+            placeholders(1)
+        )),
+        args,
     )
-    .bind(chain)
-    .bind(fields.id)
-    .bind(org)
-    .bind(occurred_at)
-    .bind(actor_type)
-    .bind(fields.actor_id)
-    .bind(fields.actor_name)
-    .bind(fields.auth_method)
-    .bind(fields.action)
-    .bind(fields.target_type)
-    .bind(fields.target_id)
-    .bind(fields.outcome)
-    .bind(fields.request_id)
-    .bind(fields.client_addr)
-    .bind(fields.user_agent)
-    .bind(&detail)
-    .bind(before_prev)
-    .bind(before_seq)
-    .bind(after_seq)
     .execute(&mut *conn)
     .await?;
     sealer::wanted();
     Ok(())
+}
+
+/// `change` — one `INSERT`, `UPDATE` or `DELETE`, with its binds — with `event` recorded by
+/// the same statement: the journal insert of [`record`] rides along as a data-modifying `WITH`
+/// in front of it. The caller runs what this returns in the change's transaction, as it would
+/// have run `change` (its rows, `RETURNING` and rows affected are the change's), and the two
+/// commit or roll back together; a change that fails takes its event with it, and so does a
+/// transaction the caller drops because of what the change found. Each statement costs a
+/// round trip to the database, and on a request that makes a change and reads it back that
+/// round trip was most of what auditing cost (docs/audit.md, "Cost").
+///
+/// # Errors
+/// [`sqlx::Error::Encode`] when `change`'s binds failed to encode.
+pub fn record_with<'q>(
+    mut change: Query<'q, Postgres, PgArguments>,
+    org: Option<Uuid>,
+    ctx: &AuditContext,
+    event: Event,
+) -> Result<Query<'q, Postgres, PgArguments>, sqlx::Error> {
+    let mut args = change
+        .take_arguments()
+        .map_err(sqlx::Error::Encode)?
+        .unwrap_or_default();
+    let first = args.len() + 1;
+    Journaled::new(org, ctx, event)
+        .bind(&mut args)
+        .map_err(sqlx::Error::Encode)?;
+    let journal = format!(
+        "audit_event AS (INSERT INTO audit_journal ({JOURNAL_COLUMNS}) VALUES ({}))",
+        placeholders(first)
+    );
+    let sql = change.sql();
+    let sql = sql.as_str().trim_start();
+    // A change with a WITH of its own keeps it, after the journal's.
+    let sql = match leading_with(sql) {
+        Some((with, rest)) => format!("{with} {journal}, {rest}"),
+        None => format!("WITH {journal} {sql}"),
+    };
+    sealer::wanted();
+    Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+}
+
+/// `$first, …` for the journal's values.
+fn placeholders(first: usize) -> String {
+    (first..first + JOURNAL_VALUES)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A statement's leading `WITH` (or `WITH RECURSIVE`) and what follows it.
+fn leading_with(sql: &str) -> Option<(&str, &str)> {
+    /// What follows `word` and the whitespace after it, when `s` starts with them.
+    fn keyword<'s>(s: &'s str, word: &str) -> Option<&'s str> {
+        let (head, rest) = (s.get(..word.len())?, &s[word.len()..]);
+        let boundary = rest.starts_with(char::is_whitespace);
+        (head.eq_ignore_ascii_case(word) && boundary).then(|| rest.trim_start())
+    }
+    let rest = keyword(sql, "WITH")?;
+    match keyword(rest, "RECURSIVE") {
+        Some(after) => Some((&sql[..sql.len() - after.len()], after)),
+        None => Some((&sql[..sql.len() - rest.len()], rest)),
+    }
+}
+
+/// An event as the journal takes it: every field of the event, and its canonical JSON split
+/// around the chain fields the sealer fills in.
+struct Journaled {
+    chain: Uuid,
+    org: Option<Uuid>,
+    id: Uuid,
+    occurred_at: DateTime<Utc>,
+    actor_type: &'static str,
+    actor_id: Option<String>,
+    actor_name: Option<String>,
+    auth_method: Option<String>,
+    action: &'static str,
+    target_type: Option<&'static str>,
+    target_id: Option<String>,
+    outcome: Outcome,
+    request_id: Option<String>,
+    client_addr: Option<String>,
+    user_agent: Option<String>,
+    detail: Value,
+    canonical: [Vec<u8>; 3],
+}
+
+impl Journaled {
+    fn new(org: Option<Uuid>, ctx: &AuditContext, event: Event) -> Self {
+        if let (Some(org), Outcome::Success) = (org, event.outcome) {
+            // Every change to an org passes here: this replica's cached reads of the org go
+            // now, so its next request reads what this transaction wrote (other replicas hear
+            // of the commit through the cache triggers).
+            crate::cache::changed(org);
+        }
+        let occurred_at = Utc::now().trunc_subsecs(6);
+        let (actor_type, actor_id, actor_name) = match &ctx.actor {
+            Actor::User { id, name } => ("user", Some(id.to_string()), Some(name.clone())),
+            Actor::Token { id, name } => ("token", Some(id.to_string()), Some(name.clone())),
+            Actor::System => ("system", None, Some("system".to_owned())),
+            Actor::Anonymous => ("anonymous", None, None),
+        };
+        let mut journaled = Self {
+            chain: org.unwrap_or(PLATFORM_CHAIN),
+            org,
+            id: Uuid::now_v7(),
+            occurred_at,
+            actor_type,
+            actor_id,
+            actor_name,
+            auth_method: ctx.auth_method.clone(),
+            action: event.action,
+            target_type: event.target_type,
+            target_id: event.target_id,
+            outcome: event.outcome,
+            request_id: truncate(ctx.request_id.as_deref(), 128),
+            client_addr: ctx.client_addr.clone(),
+            user_agent: truncate(ctx.user_agent.as_deref(), 256),
+            detail: sanitize(event.detail),
+            canonical: Default::default(),
+        };
+        journaled.canonical = journaled.fields().canonical_split();
+        journaled
+    }
+
+    fn fields(&self) -> ChainedFields<'_> {
+        ChainedFields {
+            id: self.id,
+            org_id: self.org,
+            // Filled in by the database under the chain's lock.
+            seq: 0,
+            occurred_at: timestamp(self.occurred_at),
+            actor_type: self.actor_type,
+            actor_id: self.actor_id.as_deref(),
+            actor_name: self.actor_name.as_deref(),
+            auth_method: self.auth_method.as_deref(),
+            action: self.action,
+            target_type: self.target_type,
+            target_id: self.target_id.as_deref(),
+            outcome: self.outcome.as_str(),
+            request_id: self.request_id.as_deref(),
+            client_addr: self.client_addr.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            detail: &self.detail,
+            prev_hash: "",
+        }
+    }
+
+    /// Adds the values of [`JOURNAL_COLUMNS`] to `args`, in order.
+    fn bind(self, args: &mut PgArguments) -> Result<(), sqlx::error::BoxDynError> {
+        let [before_prev, before_seq, after_seq] = self.canonical;
+        args.add(self.chain)?;
+        args.add(self.id)?;
+        args.add(self.org)?;
+        args.add(self.occurred_at)?;
+        args.add(self.actor_type)?;
+        args.add(self.actor_id)?;
+        args.add(self.actor_name)?;
+        args.add(self.auth_method)?;
+        args.add(self.action)?;
+        args.add(self.target_type)?;
+        args.add(self.target_id)?;
+        args.add(self.outcome.as_str())?;
+        args.add(self.request_id)?;
+        args.add(self.client_addr)?;
+        args.add(self.user_agent)?;
+        args.add(self.detail)?;
+        args.add(before_prev)?;
+        args.add(before_seq)?;
+        args.add(after_seq)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -628,6 +758,35 @@ mod tests {
             assert!(between.starts_with(b"\",\"request_id\":"));
             assert!(after.starts_with(b",\"target_id\":"));
         }
+    }
+
+    /// A change's own `WITH` is found, whatever its case and spacing; nothing else is.
+    #[test]
+    fn leading_with_splits_a_changes_own_with() {
+        assert_eq!(
+            leading_with("WITH a AS (SELECT 1) UPDATE t SET x = 1"),
+            Some(("WITH ", "a AS (SELECT 1) UPDATE t SET x = 1"))
+        );
+        assert_eq!(
+            leading_with("with\n  recursive r AS (SELECT 1) DELETE FROM t"),
+            Some(("with\n  recursive ", "r AS (SELECT 1) DELETE FROM t"))
+        );
+        assert_eq!(
+            leading_with("WITH recursive_name AS (SELECT 1) DELETE FROM t"),
+            Some(("WITH ", "recursive_name AS (SELECT 1) DELETE FROM t"))
+        );
+        for sql in [
+            "UPDATE t SET x = 1",
+            "WITHOUT",
+            "WITH",
+            "INSERT INTO with_t VALUES (1)",
+            "é",
+        ] {
+            assert_eq!(leading_with(sql), None, "{sql}");
+        }
+        assert_eq!(placeholders(3).split(',').count(), JOURNAL_VALUES);
+        assert!(placeholders(3).starts_with("$3,$4,") && placeholders(3).ends_with(",$21"));
+        assert_eq!(JOURNAL_COLUMNS.split(',').count(), JOURNAL_VALUES);
     }
 
     /// Secret-looking keys are redacted at any depth; oversized detail is replaced.

@@ -246,18 +246,16 @@ async fn update_settings(
             .bind(org)
             .fetch_one(&mut *tx)
             .await?;
-    sqlx::query("UPDATE orgs SET audit_retention_days = $2 WHERE id = $1")
-        .bind(org)
-        .bind(body.retention_days)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query("UPDATE orgs SET audit_retention_days = $2 WHERE id = $1")
+            .bind(org)
+            .bind(body.retention_days),
         Some(org),
         &access.audit,
         Event::success("audit.retention_change", "org", org)
             .detail(serde_json::json!({"from": old, "to": body.retention_days})),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(Json(body))

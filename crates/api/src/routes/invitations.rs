@@ -241,16 +241,16 @@ async fn revoke_invitation(
         }
         Some(None) => {}
     }
-    sqlx::query("UPDATE invitations SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1")
-        .bind(invitation)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query(
+            "UPDATE invitations SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1",
+        )
+        .bind(invitation),
         Some(org),
         &access.audit,
         Event::success("invitation.revoke", "invitation", invitation),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -325,17 +325,14 @@ async fn accept_invitation(
         .execute(&mut *tx)
         .await?;
     // The invitation reached this address: it is verified now.
-    sqlx::query("UPDATE users SET email_verified = true WHERE id = $1")
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query("UPDATE users SET email_verified = true WHERE id = $1").bind(user),
         Some(org),
         &auth.audit(),
         Event::success("invitation.accept", "invitation", id)
             .detail(serde_json::json!({"role": role, "user_id": user})),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     let mut accepted = view(row).ok_or_else(|| ApiError::internal(&"stored role is unknown"))?;

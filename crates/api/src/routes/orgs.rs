@@ -103,18 +103,16 @@ async fn create_org(
     .fetch_one(&mut *tx)
     .await
     .on_constraint("orgs_slug_key", "an org with this slug already exists")?;
-    sqlx::query("INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')")
-        .bind(id)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query("INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')")
+            .bind(id)
+            .bind(user),
         Some(id),
         &auth.audit(),
         Event::success("org.create", "org", id)
             .detail(serde_json::json!({"slug": slug.as_str(), "name": name})),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok((
@@ -177,18 +175,16 @@ async fn rename_org(
         .bind(org)
         .fetch_one(&mut *tx)
         .await?;
-    sqlx::query("UPDATE orgs SET name = $2 WHERE id = $1")
-        .bind(org)
-        .bind(&name)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query("UPDATE orgs SET name = $2 WHERE id = $1")
+            .bind(org)
+            .bind(&name),
         Some(org),
         &access.audit,
         Event::success("org.rename", "org", org)
             .detail(serde_json::json!({"from": old, "to": name})),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(Json(load_org(&state, org).await?))
@@ -206,16 +202,13 @@ async fn delete_org(
     let org = path_id(&org, "org")?;
     let access = auth.authorize(&state, org, Permission::OrgDelete).await?;
     let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    sqlx::query("DELETE FROM orgs WHERE id = $1")
-        .bind(org)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query("DELETE FROM orgs WHERE id = $1").bind(org),
         Some(org),
         &access.audit,
         Event::success("org.delete", "org", org),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -347,19 +340,17 @@ async fn change_role(
     if from == Role::Owner && body.role != Role::Owner {
         ensure_not_last_owner(&mut tx, org, user).await?;
     }
-    sqlx::query("UPDATE memberships SET role = $3 WHERE org_id = $1 AND user_id = $2")
-        .bind(org)
-        .bind(user)
-        .bind(body.role.as_str())
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query("UPDATE memberships SET role = $3 WHERE org_id = $1 AND user_id = $2")
+            .bind(org)
+            .bind(user)
+            .bind(body.role.as_str()),
         Some(org),
         &access.audit,
         Event::success("member.role_change", "user", user)
             .detail(serde_json::json!({"from": from.as_str(), "to": body.role.as_str()})),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     let (email, display_name, joined_at): (String, String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
         "SELECT u.email, u.display_name, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = $1 AND m.user_id = $2",
@@ -403,18 +394,16 @@ async fn remove_member(
         current_role(&mut tx, org, user).await?;
         ensure_not_last_owner(&mut tx, org, user).await?;
     }
-    sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
-        .bind(org)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
+            .bind(org)
+            .bind(user),
         Some(org),
         &access.audit,
         Event::success("member.remove", "user", user)
             .detail(serde_json::json!({"role": role.as_str()})),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)

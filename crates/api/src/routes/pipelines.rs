@@ -569,20 +569,18 @@ async fn update_pipeline(
         },
     )
     .await?;
-    sqlx::query("UPDATE pipelines SET latest_version = $2, updated_at = now() WHERE id = $1")
+    audit::record_with(
+        sqlx::query("UPDATE pipelines SET latest_version = $2, updated_at = now() WHERE id = $1")
         .bind(pipeline.id)
-        .bind(version)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+        .bind(version),
         Some(access.org_id),
         &access.audit,
         Event::success("pipeline.update", "pipeline", pipeline.id).detail(serde_json::json!({
             "name": pipeline.name, "project_id": project, "from": pipeline.latest_version, "to": version,
             "format": format.as_str(), "steps": definition.steps.len(), "triggers": definition.triggers.len(),
         })),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     pipeline.latest_version = version;
     let detail = load_version(&mut tx, &pipeline, None).await?;

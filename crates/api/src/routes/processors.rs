@@ -277,22 +277,20 @@ async fn set_run_limits(
     .bind(org)
     .fetch_optional(&mut *tx)
     .await?;
-    sqlx::query(
+    audit::record_with(
+        sqlx::query(
         "INSERT INTO org_operator_settings (org_id, max_concurrency) VALUES ($1, $2) \
          ON CONFLICT (org_id) DO UPDATE SET max_concurrency = EXCLUDED.max_concurrency, updated_at = now()",
     )
     .bind(org)
-    .bind(body.max_concurrency)
-    .execute(&mut *tx)
-    .await?;
-    audit::record(
-        &mut tx,
+    .bind(body.max_concurrency),
         Some(org),
         &access.audit,
         Event::success("run_limits.update", "org", org).detail(serde_json::json!({
             "from": limits(before).max_concurrency, "to": body.max_concurrency,
         })),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(Json(limits(Some(body.max_concurrency))))

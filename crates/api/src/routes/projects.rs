@@ -222,17 +222,23 @@ async fn create_project(
     let name = display_name("name", &body.name)?;
     let id = Uuid::now_v7();
     let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    sqlx::query("INSERT INTO projects (id, org_id, slug, name) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(org)
-        .bind(slug.as_str())
-        .bind(&name)
-        .execute(&mut *tx)
-        .await
-        .on_constraint(
-            "projects_org_slug_key",
-            "a project with this slug already exists in the org",
-        )?;
+    audit::record_with(
+        sqlx::query("INSERT INTO projects (id, org_id, slug, name) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(org)
+            .bind(slug.as_str())
+            .bind(&name),
+        Some(org),
+        &access.audit,
+        Event::success("project.create", "project", id)
+            .detail(serde_json::json!({"slug": slug.as_str(), "name": name})),
+    )?
+    .execute(&mut *tx)
+    .await
+    .on_constraint(
+        "projects_org_slug_key",
+        "a project with this slug already exists in the org",
+    )?;
     for (env, protected, approvals) in DEFAULT_ENVIRONMENTS {
         sqlx::query("INSERT INTO environments (id, org_id, project_id, name, protected, required_approvals) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(Uuid::now_v7())
@@ -244,14 +250,6 @@ async fn create_project(
             .execute(&mut *tx)
             .await?;
     }
-    audit::record(
-        &mut tx,
-        Some(org),
-        &access.audit,
-        Event::success("project.create", "project", id)
-            .detail(serde_json::json!({"slug": slug.as_str(), "name": name})),
-    )
-    .await?;
     let project = load_project(&mut tx, &access, id).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(project)))
@@ -295,18 +293,16 @@ async fn rename_project(
     let name = display_name("name", &body.name)?;
     let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
     let old = load_project(&mut tx, &access, project).await?;
-    sqlx::query("UPDATE projects SET name = $2 WHERE id = $1")
-        .bind(project)
-        .bind(&name)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query("UPDATE projects SET name = $2 WHERE id = $1")
+            .bind(project)
+            .bind(&name),
         Some(org),
         &access.audit,
         Event::success("project.rename", "project", project)
             .detail(serde_json::json!({"from": old.name, "to": name})),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     let updated = load_project(&mut tx, &access, project).await?;
     tx.commit().await?;
@@ -329,17 +325,14 @@ async fn delete_project(
         .await?;
     let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
     let old = load_project(&mut tx, &access, project).await?;
-    sqlx::query("DELETE FROM projects WHERE id = $1")
-        .bind(project)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query("DELETE FROM projects WHERE id = $1").bind(project),
         Some(org),
         &access.audit,
         Event::success("project.delete", "project", project)
             .detail(serde_json::json!({"slug": old.slug})),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -377,24 +370,22 @@ async fn create_environment(
     let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
     load_project(&mut tx, &access, project).await?;
     let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO environments (id, org_id, project_id, name, protected, required_approvals) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(id)
-        .bind(org)
-        .bind(project)
-        .bind(name.as_str())
-        .bind(body.protected)
-        .bind(approvals)
-        .execute(&mut *tx)
-        .await
-        .on_constraint("environments_project_name_key", "an environment with this name already exists in the project")?;
-    audit::record(
-        &mut tx,
+    audit::record_with(
+        sqlx::query("INSERT INTO environments (id, org_id, project_id, name, protected, required_approvals) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(id)
+            .bind(org)
+            .bind(project)
+            .bind(name.as_str())
+            .bind(body.protected)
+            .bind(approvals),
         Some(org),
         &access.audit,
         Event::success("environment.create", "environment", id)
             .detail(serde_json::json!({"project_id": project, "name": name.as_str(), "protected": body.protected, "required_approvals": approvals})),
-    )
-    .await?;
+    )?
+    .execute(&mut *tx)
+    .await
+    .on_constraint("environments_project_name_key", "an environment with this name already exists in the project")?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
@@ -439,21 +430,21 @@ async fn update_environment(
         old.ok_or_else(|| ApiError::not_found("environment"))?;
     let protected = body.protected.unwrap_or(old_protected);
     let approvals = body.required_approvals.unwrap_or(old_approvals);
-    sqlx::query("UPDATE environments SET protected = $2, required_approvals = $3 WHERE id = $1")
+    audit::record_with(
+        sqlx::query(
+            "UPDATE environments SET protected = $2, required_approvals = $3 WHERE id = $1",
+        )
         .bind(env)
         .bind(protected)
-        .bind(approvals)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
+        .bind(approvals),
         Some(org),
         &access.audit,
         Event::success("environment.update", "environment", env).detail(serde_json::json!({
             "from": {"protected": old_protected, "required_approvals": old_approvals},
             "to": {"protected": protected, "required_approvals": approvals}
         })),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(Json(Environment {

@@ -451,26 +451,24 @@ async fn record_run(
         .iter()
         .map(|v| sqlx::types::Json(&v.failures))
         .collect();
-    sqlx::query(
-        "INSERT INTO prompt_eval_results (run_id, case_id, org_id, passed, failures) \
+    audit::record_with(
+        sqlx::query(
+            "INSERT INTO prompt_eval_results (run_id, case_id, org_id, passed, failures) \
          SELECT $1, c, $2, p, f FROM unnest($3::uuid[], $4::bool[], $5::jsonb[]) AS t(c, p, f)",
-    )
-    .bind(id)
-    .bind(prompt.org_id)
-    .bind(&case_ids)
-    .bind(&passes)
-    .bind(&failures)
-    .execute(&mut *tx)
-    .await?;
-    audit::record(
-        &mut tx,
+        )
+        .bind(id)
+        .bind(prompt.org_id)
+        .bind(&case_ids)
+        .bind(&passes)
+        .bind(&failures),
         Some(prompt.org_id),
         &access.audit,
         Event::success("prompt.eval.record", "prompt", prompt.id).detail(serde_json::json!({
             "name": prompt.name, "version": version.summary.version, "run_id": id,
             "source": source, "passed": passed, "failed": failed
         })),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok((
