@@ -1299,6 +1299,26 @@ async fn an_event_rides_in_the_statement_of_its_change() {
     assert_eq!(name, "Kept");
     let report = store::verify_org(&app.pool, org).await.expect("verify");
     assert!(report.ok, "{:?}", report.first_broken_seq);
+
+    // A handler that finds nothing to change after its statement ran drops the transaction,
+    // and the event with it: revoking a token that isn't there records nothing.
+    let (status, _) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/orgs/{org}/tokens/{}", uuid::Uuid::now_v7()),
+            Some(&alice.access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let revokes = Filter {
+        action: Some(audit::query::ActionMatch::Exact("token.revoke".to_owned())),
+        ..Filter::default()
+    };
+    let events = store::page_desc(&app.pool, org, &revokes, None, 10)
+        .await
+        .expect("events");
+    assert!(events.is_empty(), "{events:?}");
 }
 
 /// Retention prunes a prefix of the chain, records an anchor so the rest still verifies, and

@@ -189,22 +189,21 @@ async fn disallow_processor(
     org_wide(&access)?;
     let origin = origin_of("origin", &param.origin)?;
     let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    let removed = sqlx::query("DELETE FROM processor_allowlist WHERE org_id = $1 AND origin = $2")
-        .bind(org)
-        .bind(&origin)
-        .execute(&mut *tx)
-        .await?;
-    if removed.rows_affected() == 0 {
-        return Err(ApiError::not_found("allowlist entry"));
-    }
-    audit::record(
-        &mut tx,
+    let removed = audit::record_with(
+        sqlx::query("DELETE FROM processor_allowlist WHERE org_id = $1 AND origin = $2")
+            .bind(org)
+            .bind(&origin),
         Some(org),
         &access.audit,
         Event::success("processor.disallow", "processor", &origin)
             .detail(serde_json::json!({"origin": origin})),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
+    if removed.rows_affected() == 0 {
+        // Dropping the transaction drops the event with it.
+        return Err(ApiError::not_found("allowlist entry"));
+    }
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -282,21 +282,20 @@ async fn revoke_token(
         .authorize(&state, org, Permission::TokensManage)
         .await?;
     let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    let done = sqlx::query("UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND org_id = $2")
-        .bind(token)
-        .bind(org)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("token"));
-    }
-    audit::record(
-        &mut tx,
+    let done = audit::record_with(
+        sqlx::query("UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND org_id = $2")
+            .bind(token)
+            .bind(org),
         Some(org),
         &access.audit,
         Event::success("token.revoke", "api_token", token),
-    )
+    )?
+    .execute(&mut *tx)
     .await?;
+    if done.rows_affected() == 0 {
+        // Dropping the transaction drops the event with it.
+        return Err(ApiError::not_found("token"));
+    }
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
