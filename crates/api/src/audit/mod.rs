@@ -17,7 +17,7 @@ pub mod verify;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::PgArguments;
+use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::{Arguments as _, Execute as _, PgConnection, Postgres};
 use uuid::Uuid;
@@ -539,6 +539,15 @@ pub fn record_with<'q>(
     };
     sealer::wanted();
     Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql), args))
+}
+
+/// Reads a row of a change run through [`record_with`] as `T`, for
+/// `.try_map(audit::from_row::<T>)` where the change was a `query_as`.
+///
+/// # Errors
+/// When the row doesn't decode as `T`.
+pub fn from_row<T: for<'r> sqlx::FromRow<'r, PgRow>>(row: PgRow) -> Result<T, sqlx::Error> {
+    T::from_row(&row)
 }
 
 /// `$first, …` for the journal's values.

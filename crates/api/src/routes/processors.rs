@@ -146,24 +146,23 @@ async fn allow_processor(
     org_wide(&access)?;
     let origin = origin_of("processor", &body.processor)?;
     let mut tx = db::begin(&state.pool, &Scope::org(org)).await?;
-    let row: AllowedProcessor = sqlx::query_as(
-        "INSERT INTO processor_allowlist (org_id, origin, created_by) VALUES ($1, $2, $3) \
-         RETURNING origin, created_by, created_at",
-    )
-    .bind(org)
-    .bind(&origin)
-    .bind(auth.user_id())
-    .fetch_one(&mut *tx)
-    .await
-    .on_constraint("processor_allowlist_pkey", "this origin is already allowed")?;
-    audit::record(
-        &mut tx,
+    let row: AllowedProcessor = audit::record_with(
+        sqlx::query(
+            "INSERT INTO processor_allowlist (org_id, origin, created_by) VALUES ($1, $2, $3) \
+             RETURNING origin, created_by, created_at",
+        )
+        .bind(org)
+        .bind(&origin)
+        .bind(auth.user_id()),
         Some(org),
         &access.audit,
         Event::success("processor.allow", "processor", &origin)
             .detail(serde_json::json!({"origin": origin})),
-    )
-    .await?;
+    )?
+    .try_map(audit::from_row)
+    .fetch_one(&mut *tx)
+    .await
+    .on_constraint("processor_allowlist_pkey", "this origin is already allowed")?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(row)))
 }

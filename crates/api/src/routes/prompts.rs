@@ -591,25 +591,24 @@ async fn update_prompt(
             return Err(ApiError::inputs("owner_id: not a member of this org"));
         }
     }
-    let updated: Prompt = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE prompts SET description = coalesce($2, description), tags = coalesce($3, tags), \
-         owner_id = coalesce($4, owner_id), updated_at = now() WHERE id = $1 RETURNING {}",
-        prompts::PROMPT_COLUMNS
-    )))
-    .bind(prompt.id)
-    .bind(&body.description)
-    .bind(&body.tags)
-    .bind(body.owner_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    audit::record(
-        &mut tx,
+    let updated: Prompt = audit::record_with(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE prompts SET description = coalesce($2, description), tags = coalesce($3, tags), \
+             owner_id = coalesce($4, owner_id), updated_at = now() WHERE id = $1 RETURNING {}",
+            prompts::PROMPT_COLUMNS
+        )))
+        .bind(prompt.id)
+        .bind(&body.description)
+        .bind(&body.tags)
+        .bind(body.owner_id),
         Some(prompt.org_id),
         &access.audit,
         Event::success("prompt.update", "prompt", prompt.id).detail(serde_json::json!({
             "description_changed": body.description.is_some(), "tags": body.tags, "owner_id": body.owner_id
         })),
-    )
+    )?
+    .try_map(audit::from_row)
+    .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(Json(updated))

@@ -210,7 +210,7 @@ async fn create_token(
             return Err(ApiError::inputs("project_id: no such project in this org"));
         }
     }
-    let row: TokenRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let row: TokenRow = audit::record_with(sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO api_tokens (id, org_id, name, token_hash, token_prefix, permissions, project_id, created_by, service_account, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(days => $10)) RETURNING {COLUMNS}"
     )))
@@ -223,17 +223,15 @@ async fn create_token(
     .bind(body.project_id)
     .bind(created_by)
     .bind(body.service_account)
-    .bind(i32::try_from(days).unwrap_or(90))
-    .fetch_one(&mut *tx)
-    .await?;
-    audit::record(
-        &mut tx,
+    .bind(i32::try_from(days).unwrap_or(90)),
         Some(org),
         &access.audit,
         Event::success("token.create", "api_token", id).detail(serde_json::json!({
             "name": name, "permissions": names, "project_id": body.project_id, "service_account": body.service_account, "expires_in_days": days
         })),
-    )
+    )?
+    .try_map(audit::from_row)
+    .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok((
