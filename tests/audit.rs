@@ -1208,6 +1208,29 @@ async fn an_event_rides_in_the_statement_of_its_change() {
         Event::success("project.rename", "project", project).detail(serde_json::json!({"to": name}))
     };
     let ctx = AuditContext::system();
+    let rename = |name: &'static str, id: uuid::Uuid| {
+        audit::record_with(
+            sqlx::query("UPDATE projects SET name = $1 WHERE id = $2")
+                .bind(name)
+                .bind(id),
+            Some(org),
+            &ctx,
+            event(name),
+        )
+        .expect("statement")
+    };
+    let events_of = |action: &str| {
+        let filter = Filter {
+            action: Some(audit::query::ActionMatch::Exact(action.to_owned())),
+            ..Filter::default()
+        };
+        let pool = app.pool.clone();
+        async move {
+            store::page_desc(&pool, org, &filter, None, 10)
+                .await
+                .expect("events")
+        }
+    };
 
     // A change with a WITH of its own, returning rows.
     let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
@@ -1223,41 +1246,25 @@ async fn an_event_rides_in_the_statement_of_its_change() {
         event("Renamed"),
     )
     .expect("statement")
-    .try_map(|row: sqlx::postgres::PgRow| sqlx::FromRow::from_row(&row))
+    .try_map(audit::from_row)
     .fetch_all(&mut *tx)
     .await
     .expect("change");
     assert_eq!(renamed, vec![("Renamed".to_owned(),)]);
     // Rows affected are the change's, not the journal's.
-    let done = audit::record_with(
-        sqlx::query("UPDATE projects SET name = $1 WHERE id = $2")
-            .bind("Again")
-            .bind(uuid::Uuid::now_v7()),
-        Some(org),
-        &ctx,
-        event("Again"),
-    )
-    .expect("statement")
-    .execute(&mut *tx)
-    .await
-    .expect("change");
+    let done = rename("Again", uuid::Uuid::now_v7())
+        .execute(&mut *tx)
+        .await
+        .expect("change");
     assert_eq!(done.rows_affected(), 0);
     tx.rollback().await.expect("rollback");
 
     // Committed: the change and its event. A failing change: neither.
     let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
-    audit::record_with(
-        sqlx::query("UPDATE projects SET name = $1 WHERE id = $2")
-            .bind("Kept")
-            .bind(project),
-        Some(org),
-        &ctx,
-        event("Kept"),
-    )
-    .expect("statement")
-    .execute(&mut *tx)
-    .await
-    .expect("change");
+    rename("Kept", project)
+        .execute(&mut *tx)
+        .await
+        .expect("change");
     tx.commit().await.expect("commit");
     let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
     let err = audit::record_with(
@@ -1279,15 +1286,7 @@ async fn an_event_rides_in_the_statement_of_its_change() {
     );
     drop(tx);
 
-    let filter = Filter {
-        action: Some(audit::query::ActionMatch::Exact(
-            "project.rename".to_owned(),
-        )),
-        ..Filter::default()
-    };
-    let events = store::page_desc(&app.pool, org, &filter, None, 10)
-        .await
-        .expect("events");
+    let events = events_of("project.rename").await;
     let details: Vec<_> = events.iter().map(|e| e.detail.clone()).collect();
     assert_eq!(details, vec![serde_json::json!({"to": "Kept"})]);
     assert_eq!(events[0].actor_type, "system");
@@ -1311,13 +1310,7 @@ async fn an_event_rides_in_the_statement_of_its_change() {
         )
         .await;
     assert_eq!(status, 404);
-    let revokes = Filter {
-        action: Some(audit::query::ActionMatch::Exact("token.revoke".to_owned())),
-        ..Filter::default()
-    };
-    let events = store::page_desc(&app.pool, org, &revokes, None, 10)
-        .await
-        .expect("events");
+    let events = events_of("token.revoke").await;
     assert!(events.is_empty(), "{events:?}");
 }
 
