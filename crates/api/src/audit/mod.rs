@@ -506,9 +506,9 @@ pub async fn record(
 /// in front of it. The caller runs what this returns in the change's transaction, as it would
 /// have run `change` (its rows, `RETURNING` and rows affected are the change's), and the two
 /// commit or roll back together; a change that fails takes its event with it, and so does a
-/// transaction the caller drops because of what the change found. Each statement costs a
-/// round trip to the database, and on a request that makes a change and reads it back that
-/// round trip was most of what auditing cost (docs/audit.md, "Cost").
+/// transaction the caller drops because of what the change found. A statement of its own
+/// would cost a round trip to the database, about as much as the insert itself
+/// (docs/audit.md, "Cost").
 ///
 /// # Errors
 /// [`sqlx::Error::Encode`] when `change`'s binds failed to encode.
