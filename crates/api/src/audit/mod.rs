@@ -14,6 +14,8 @@ pub mod sealer;
 pub mod store;
 pub mod verify;
 
+use std::sync::{Arc, LazyLock};
+
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -488,15 +490,17 @@ pub async fn record(
     Journaled::new(org, ctx, event)
         .bind(&mut args)
         .map_err(sqlx::Error::Encode)?;
-    sqlx::query_with(
-        sqlx::AssertSqlSafe(format!(
+    /// The journal insert on its own, built once.
+    static INSERT: LazyLock<Arc<str>> = LazyLock::new(|| {
+        format!(
             "INSERT INTO audit_journal ({JOURNAL_COLUMNS}) VALUES ({})",
             placeholders(1)
-        )),
-        args,
-    )
-    .execute(&mut *conn)
-    .await?;
+        )
+        .into()
+    });
+    sqlx::query_with(sqlx::AssertSqlSafe(Arc::clone(&INSERT)), args)
+        .execute(&mut *conn)
+        .await?;
     sealer::wanted();
     Ok(())
 }
@@ -573,8 +577,8 @@ fn leading_with(sql: &str) -> Option<(&str, &str)> {
     }
 }
 
-/// An event as the journal takes it: every field of the event, and its canonical JSON split
-/// around the chain fields the sealer fills in.
+/// An event as the journal takes it; [`Journaled::bind`] adds its canonical JSON, split around
+/// the chain fields the sealer fills in.
 struct Journaled {
     chain: Uuid,
     org: Option<Uuid>,
@@ -592,7 +596,6 @@ struct Journaled {
     client_addr: Option<String>,
     user_agent: Option<String>,
     detail: Value,
-    canonical: [Vec<u8>; 3],
 }
 
 impl Journaled {
@@ -610,7 +613,7 @@ impl Journaled {
             Actor::System => ("system", None, Some("system".to_owned())),
             Actor::Anonymous => ("anonymous", None, None),
         };
-        let mut journaled = Self {
+        Self {
             chain: org.unwrap_or(PLATFORM_CHAIN),
             org,
             id: Uuid::now_v7(),
@@ -627,10 +630,7 @@ impl Journaled {
             client_addr: ctx.client_addr.clone(),
             user_agent: truncate(ctx.user_agent.as_deref(), 256),
             detail: sanitize(event.detail),
-            canonical: Default::default(),
-        };
-        journaled.canonical = journaled.fields().canonical_split();
-        journaled
+        }
     }
 
     fn fields(&self) -> ChainedFields<'_> {
@@ -658,7 +658,7 @@ impl Journaled {
 
     /// Adds the values of [`JOURNAL_COLUMNS`] to `args`, in order.
     fn bind(self, args: &mut PgArguments) -> Result<(), sqlx::error::BoxDynError> {
-        let [before_prev, before_seq, after_seq] = self.canonical;
+        let [before_prev, before_seq, after_seq] = self.fields().canonical_split();
         args.add(self.chain)?;
         args.add(self.id)?;
         args.add(self.org)?;
