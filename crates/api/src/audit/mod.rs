@@ -14,7 +14,8 @@ pub mod sealer;
 pub mod store;
 pub mod verify;
 
-use std::sync::{Arc, LazyLock};
+use std::borrow::Cow;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
@@ -424,6 +425,18 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// Whether `key` names a secret: one of [`REDACTED_KEYS`], or ends in `_` and one of them, in
+/// any ASCII case.
+fn is_redacted(key: &str) -> bool {
+    let key = key.as_bytes();
+    REDACTED_KEYS.iter().any(|r| {
+        let r = r.as_bytes();
+        key.len() >= r.len()
+            && key[key.len() - r.len()..].eq_ignore_ascii_case(r)
+            && (key.len() == r.len() || key[key.len() - r.len() - 1] == b'_')
+    })
+}
+
 /// Redacts secret-looking keys and caps the size of `detail`.
 #[must_use]
 pub fn sanitize(detail: Value) -> Value {
@@ -432,11 +445,7 @@ pub fn sanitize(detail: Value) -> Value {
             Value::Object(map) => Value::Object(
                 map.into_iter()
                     .map(|(k, v)| {
-                        let lower = k.to_ascii_lowercase();
-                        if REDACTED_KEYS
-                            .iter()
-                            .any(|r| lower == *r || lower.ends_with(&format!("_{r}")))
-                        {
+                        if is_redacted(&k) {
                             (k, Value::String("[redacted]".to_owned()))
                         } else {
                             (k, redact(v))
@@ -530,10 +539,7 @@ pub fn record_with<'q>(
     Journaled::new(org, ctx, event)
         .bind(&mut args)
         .map_err(sqlx::Error::Encode)?;
-    let journal = format!(
-        "audit_event AS (INSERT INTO audit_journal ({JOURNAL_COLUMNS}) VALUES ({}))",
-        placeholders(first)
-    );
+    let journal = journal_cte(first);
     let sql = change.sql();
     let sql = sql.as_str().trim_start();
     // A change with a WITH of its own keeps it, after the journal's.
@@ -552,6 +558,24 @@ pub fn record_with<'q>(
 /// When the row doesn't decode as `T`.
 pub fn from_row<T: for<'r> sqlx::FromRow<'r, PgRow>>(row: PgRow) -> Result<T, sqlx::Error> {
     T::from_row(&row)
+}
+
+/// `audit_event AS (INSERT INTO audit_journal (…) VALUES ($first, …))`, the `WITH` item
+/// [`record_with`] puts in front of a change whose own values are `$1` to `$first - 1`; built
+/// once for each `first` a change can have (every change of the platform has far fewer values).
+fn journal_cte(first: usize) -> Cow<'static, str> {
+    const BUILT_UP_TO: usize = 64;
+    static BUILT: [OnceLock<String>; BUILT_UP_TO] = [const { OnceLock::new() }; BUILT_UP_TO];
+    let build = || {
+        format!(
+            "audit_event AS (INSERT INTO audit_journal ({JOURNAL_COLUMNS}) VALUES ({}))",
+            placeholders(first)
+        )
+    };
+    match BUILT.get(first) {
+        Some(cell) => Cow::Borrowed(cell.get_or_init(build)),
+        None => Cow::Owned(build()),
+    }
 }
 
 /// `$first, …` for the journal's values.
@@ -810,5 +834,46 @@ mod tests {
         assert_eq!(d["nested"]["api_token"], "[redacted]");
         let big = sanitize(serde_json::json!({"blob": "x".repeat(MAX_DETAIL_BYTES)}));
         assert_eq!(big["truncated"], true);
+    }
+
+    /// A key is redacted when it is a secret's name or ends in `_` and one, in any ASCII case.
+    #[test]
+    fn redacted_keys_match_by_name_or_suffix() {
+        for key in [
+            "password",
+            "Password",
+            "new_PASSWORD",
+            "x_token",
+            "código_secret",
+            "code",
+        ] {
+            assert!(is_redacted(key), "{key}");
+        }
+        for key in [
+            "passwords",
+            "xpassword",
+            "tokens",
+            "_",
+            "",
+            "códe",
+            "encode",
+        ] {
+            assert!(!is_redacted(key), "{key}");
+        }
+    }
+
+    /// The journal's `WITH` item is the same whether it was built before or is built now.
+    #[test]
+    fn journal_cte_numbers_values_after_the_change() {
+        for first in [1, 3, 63, 64, 200] {
+            let cte = journal_cte(first);
+            assert_eq!(cte, journal_cte(first));
+            assert!(cte.starts_with("audit_event AS (INSERT INTO audit_journal (chain_id, id,"));
+            let last = first + JOURNAL_VALUES - 1;
+            assert!(
+                cte.contains(&format!("VALUES (${first},"))
+                    && cte.ends_with(&format!(",${last}))"))
+            );
+        }
     }
 }
