@@ -6,8 +6,9 @@
 //! - export throughput (pages fetched and rendered as JSON Lines) in events/s;
 //! - verify throughput (the whole 1M chain recomputed) in events/s;
 //! - the overhead of the audit write on a mutating request, as requests/s with and without it
-//!   (sixteen pairs of 1 s rounds; the overhead is the median of the pairs' ratios): a minimal
-//!   update route in the big org, and the real
+//!   (pairs of 1 s rounds — forty for the real `PATCH`, sixteen for the minimal route; the
+//!   overhead is the median of the pairs' ratios, printed with its distribution-free 95 %
+//!   confidence interval): a minimal update route in the big org, and the real
 //!   `PATCH …/projects/{project}` against a copy of its handler minus the audit write; each
 //!   over 16 connections in one org, 16 connections over 16 orgs, and one connection. The
 //!   audit side pays for sealing too: a background sealer runs during its rounds, and the time
@@ -162,18 +163,22 @@ struct Round {
     client_us: f64,
 }
 
-/// Pairs of rounds in an overhead comparison, and the length of each round. The machine's
-/// speed drifts by tens of percent over seconds, so the two sides run in many short pairs,
-/// in alternating order, and the overhead is the median of the pairs' own ratios.
-const PAIRS: usize = 16;
+/// Pairs of rounds in an overhead comparison (the real `PATCH`'s, which the target is about;
+/// the minimal route's), and the length of each round. The machine's speed drifts by tens of
+/// percent over seconds, so the two sides run in many short pairs, in alternating order, and
+/// the overhead is the median of the pairs' own ratios, printed with its 95 % confidence
+/// interval.
+const PAIRS: usize = 40;
+const MINIMAL_PAIRS: usize = 16;
 const ROUND: Duration = Duration::from_millis(1000);
 
-/// Runs `load` (which returns how many requests it made) as one round over `orgs`.
-async fn round(pool: &PgPool, orgs: &[Uuid], load: impl Future<Output = u64>) -> Round {
+/// Runs `load` (which returns how many requests it made) as one round; `pools` are the app's
+/// and a superuser's, for [`drain`].
+async fn round(pools: &(PgPool, PgPool), load: impl Future<Output = u64>) -> Round {
     let (pg_before, me_before) = (postgres_cpu_secs(), cpu_secs("self").unwrap_or(0.0));
     let started = Instant::now();
     let requests = load.await;
-    let elapsed = started.elapsed() + drain(pool, orgs).await;
+    let elapsed = started.elapsed() + drain(&pools.0, &pools.1).await;
     let n = requests.max(1) as f64;
     Round {
         rps: requests as f64 / elapsed.as_secs_f64(),
@@ -182,11 +187,32 @@ async fn round(pool: &PgPool, orgs: &[Uuid], load: impl Future<Output = u64>) ->
     }
 }
 
-/// Runs [`PAIRS`] pairs of rounds, `side(false)` without the audit write and `side(true)`
-/// with it, and prints the comparison as `name`.
-async fn compare(name: &str, mut side: impl AsyncFnMut(bool) -> Round) {
+/// The distribution-free 95 % confidence interval of the median of `sorted` (n values): the
+/// k-th smallest and k-th largest value, for the largest k with P(Binomial(n, 1/2) < k) <=
+/// 2.5 %, so that the median lies outside with at most 5 % probability whatever the
+/// distribution.
+fn median_interval(sorted: &[f64]) -> (f64, f64) {
+    let n = sorted.len();
+    let half_n = 0.5f64.powi(i32::try_from(n).expect("pairs"));
+    let (mut below, mut choose, mut k) = (0.0, 1.0, 0);
+    // below = P(B < k + 1) as k grows; choose = C(n, k).
+    while k < n / 2 {
+        below += choose * half_n;
+        if below > 0.025 {
+            break;
+        }
+        choose = choose * (n - k) as f64 / (k + 1) as f64;
+        k += 1;
+    }
+    let k = k.max(1);
+    (sorted[k - 1], sorted[n - k])
+}
+
+/// Runs `pairs` pairs of rounds, `side(false)` without the audit write and `side(true)` with
+/// it, and prints the comparison as `name`.
+async fn compare(name: &str, pairs_wanted: usize, mut side: impl AsyncFnMut(bool) -> Round) {
     let mut pairs = Vec::new();
-    for i in 0..PAIRS {
+    for i in 0..pairs_wanted {
         // Alternated, so that a drift over the pair weighs on both sides alike.
         let (without, with) = if i % 2 == 0 {
             let without = side(false).await;
@@ -215,8 +241,9 @@ async fn compare(name: &str, mut side: impl AsyncFnMut(bool) -> Round) {
             .sum::<f64>()
             / pairs.len() as f64
     };
+    let (low, high) = median_interval(&overheads);
     println!(
-        "    {name:<38} without {:>6.0} req/s, with {:>6.0} req/s: overhead {median:>5.1} %   (target <= 15 %)",
+        "    {name:<38} without {:>6.0} req/s, with {:>6.0} req/s: overhead {median:>5.1} % (95 % CI {low:.1} to {high:.1} %)   (target <= 15 %)",
         mean(|r| r.rps, false),
         mean(|r| r.rps, true),
     );
@@ -302,19 +329,22 @@ async fn post_until(
     load_until(app, urls, duration, |client, url| client.post(url)).await
 }
 
-/// Seals what the journal still holds for `orgs`, as a sealer would: every chain in one batch,
-/// then each org's chain again, all in one statement (waiting for a sealer that held one
-/// meanwhile; nothing is left otherwise); how long that took.
-async fn drain(pool: &PgPool, orgs: &[Uuid]) -> Duration {
+/// Seals what the journal still holds, as a sealer would (every chain no other sealer holds,
+/// in one batch), until `superuser` finds the journal empty — a chain the background sealer
+/// held is sealed when its batch commits; how long that took.
+async fn drain(pool: &PgPool, superuser: &PgPool) -> Duration {
     let t = Instant::now();
-    let mut conn = pool.acquire().await.expect("conn");
-    audit::sealer::seal_all(&mut *conn).await.expect("seal");
-    sqlx::query("SELECT count(audit_seal(o)) FROM unnest($1::uuid[]) AS o")
-        .bind(orgs)
-        .execute(&mut *conn)
-        .await
-        .expect("seal");
-    t.elapsed()
+    loop {
+        audit::sealer::seal_all(pool).await.expect("seal");
+        let waiting: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM audit_journal)")
+            .fetch_one(superuser)
+            .await
+            .expect("journal");
+        if !waiting {
+            return t.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 fn main() {
@@ -430,12 +460,12 @@ fn main() {
         })
         .await;
         post_until(&app, "/without", &same_org, Duration::from_secs(1)).await;
-        println!("  audit write overhead on a mutating request (the same update with and without audit::record_with; median of {PAIRS} pairs of {:.1} s rounds):", ROUND.as_secs_f64());
+        println!("  audit write overhead on a mutating request (the same update with and without audit::record_with; median of {MINIMAL_PAIRS} pairs of {:.1} s rounds):", ROUND.as_secs_f64());
+        let pools = (app.pool.clone(), superuser.clone());
         for (name, targets) in [("16 connections, one org (one chain)", &same_org), ("16 connections, 16 orgs", &many_orgs), ("1 connection", &same_org[..1].to_vec())] {
-            let orgs: Vec<Uuid> = targets.iter().map(|t| t.0).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-            compare(name, async |audited| {
+            compare(name, MINIMAL_PAIRS, async |audited| {
                 let path = if audited { "/with" } else { "/without" };
-                round(&app.pool, &orgs, post_until(&app, path, targets, ROUND)).await
+                round(&pools, post_until(&app, path, targets, ROUND)).await
             })
             .await;
         }
@@ -614,26 +644,16 @@ async fn real_endpoint_overhead() {
         ROUND.as_secs_f64()
     );
     let one = same_org[..1].to_vec();
+    let pools = (app.pool.clone(), app.superuser_pool());
     for (name, targets) in [
         ("16 connections, one org (one chain)", &same_org),
         ("16 connections, 16 orgs", &many_orgs),
         ("1 connection", &one),
     ] {
-        let orgs: Vec<Uuid> = targets
-            .iter()
-            .map(|t| Uuid::parse_str(&t.0).expect("org id"))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
         let token = &owner.access;
-        compare(name, async |audited| {
+        compare(name, PAIRS, async |audited| {
             let prefix = if audited { "/v1" } else { "/bench" };
-            round(
-                &app.pool,
-                &orgs,
-                patch_until(&app, prefix, token, targets, ROUND),
-            )
-            .await
+            round(&pools, patch_until(&app, prefix, token, targets, ROUND)).await
         })
         .await;
     }
