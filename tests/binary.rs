@@ -277,6 +277,92 @@ async fn operator_serves_its_control_endpoints() {
     assert!(operator.terminate().success());
 }
 
+/// `serve` and `operator` refuse to start against a database that lacks a migration of their
+/// build (or where one failed), saying to run `builderos migrate`; a current schema, or one a
+/// newer build migrated, passes.
+#[tokio::test]
+async fn serve_and_operator_refuse_a_schema_older_than_their_build() {
+    use builderos_shared::db::{Schema, SchemaError, check_schema};
+    let db = builderos_test_support::TestDb::new().await;
+    let app = db.app_pool();
+    let su = sqlx::PgPool::connect(&db.superuser_url)
+        .await
+        .expect("superuser");
+    assert_eq!(check_schema(&app).await.expect("check"), Schema::Current);
+    let latest: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&su)
+        .await
+        .expect("latest");
+
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99999, 'from a newer build', true, '\\x00', 0)",
+    )
+    .execute(&su)
+    .await
+    .expect("newer");
+    assert_eq!(
+        check_schema(&app).await.expect("check"),
+        Schema::Ahead {
+            database: 99999,
+            build: latest
+        }
+    );
+
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version >= $1")
+        .bind(latest)
+        .execute(&su)
+        .await
+        .expect("older");
+    let behind = check_schema(&app).await;
+    assert!(
+        matches!(behind, Err(SchemaError::Behind { database, build }) if database < latest && build == latest),
+        "{behind:?}"
+    );
+    for command in ["serve", "operator"] {
+        let mut child = builderos(&[command])
+            .env("BR_OS_DB_URL", &db.app_url)
+            .env("BR_OS_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("BR_OS_OPERATOR_ADDR", format!("127.0.0.1:{}", free_port()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("`{command}` started against an old schema");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("stderr");
+        assert!(!status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "needs migration {latest}: run `builderos migrate` first"
+            )),
+            "{command}: {stderr}"
+        );
+    }
+
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET success = false WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&su)
+    .await
+    .expect("failed");
+    assert!(matches!(
+        check_schema(&app).await,
+        Err(SchemaError::Failed(_))
+    ));
+}
+
 /// `migrate` applies migrations and is idempotent; the resolved config is logged with the
 /// password masked.
 #[tokio::test]

@@ -18,6 +18,8 @@ pub enum CommandError {
     Pg(#[from] PgError),
     #[error(transparent)]
     Migrate(#[from] MigrateError),
+    #[error(transparent)]
+    Schema(#[from] db::SchemaError),
     #[error("invalid database URL: {0}")]
     DatabaseUrl(sqlx::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -138,10 +140,43 @@ fn app_pool(config: &Config) -> Result<sqlx::PgPool, CommandError> {
     db::connect_lazy(url.expose(), config.db_max_connections).map_err(CommandError::DatabaseUrl)
 }
 
+/// How long `serve` and `operator` wait at start to learn the database's schema.
+const SCHEMA_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refuses to start against a schema this build can't use (a migration it needs is missing
+/// or failed). Starts anyway, saying so, when the database can't be asked yet: the pool
+/// connects lazily and `/ready` reports the database.
+async fn check_schema_at_start(pool: &sqlx::PgPool) -> Result<(), CommandError> {
+    match tokio::time::timeout(SCHEMA_CHECK_WAIT, db::check_schema(pool)).await {
+        Ok(Ok(db::Schema::Current)) => Ok(()),
+        Ok(Ok(db::Schema::Ahead { database, build })) => {
+            tracing::warn!(
+                database,
+                build,
+                "the database has migrations newer than this build (a newer build migrated it); running"
+            );
+            Ok(())
+        }
+        Ok(Err(db::SchemaError::Database(e))) => {
+            tracing::warn!(error = %e, "cannot read the database's migrations at start; starting without checking them");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => {
+            tracing::warn!(
+                wait_seconds = SCHEMA_CHECK_WAIT.as_secs(),
+                "the database did not answer at start; starting without checking its migrations"
+            );
+            Ok(())
+        }
+    }
+}
+
 /// `builderos serve`: the API.
 pub async fn serve(config: &Config) -> Result<(), CommandError> {
     config.log_resolved("serve");
     let pool = app_pool(config)?;
+    check_schema_at_start(&pool).await?;
     let app = builderos_api::app(
         builderos_api::AppState::new(config, pool.clone())?,
         config.body_limit_bytes,
@@ -158,6 +193,7 @@ pub async fn serve(config: &Config) -> Result<(), CommandError> {
 pub async fn operator(config: &Config) -> Result<(), CommandError> {
     config.log_resolved("operator");
     let pool = app_pool(config)?;
+    check_schema_at_start(&pool).await?;
     let url = config.require_db_url()?;
     let worker = builderos_operator::runner::spawn_worker(
         config,

@@ -62,6 +62,77 @@ pub async fn migrate(owner_url: &str) -> Result<(), MigrateError> {
     Ok(())
 }
 
+/// Where a database's schema stands against this build's migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Every migration of this build is applied, and nothing newer.
+    Current,
+    /// Newer migrations are applied too (a newer build migrated it — a rolling deploy); this
+    /// build runs, since migrations only expand what older code uses (migrations/README.md).
+    Ahead {
+        /// The newest migration the database has.
+        database: i64,
+        /// The newest migration of this build.
+        build: i64,
+    },
+}
+
+/// Why a database's schema can't serve this build.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaError {
+    /// Migrations of this build are missing.
+    #[error(
+        "the database schema is at migration {database} but this build needs migration {build}: run `builderos migrate` first"
+    )]
+    Behind {
+        /// The newest migration the database has (0: none).
+        database: i64,
+        /// The newest migration of this build.
+        build: i64,
+    },
+    /// A migration failed part-way.
+    #[error("migration {0} failed part-way in this database: fix it, then run `builderos migrate`")]
+    Failed(i64),
+    /// The database could not be asked.
+    #[error("cannot read the database's migrations: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Compares the migrations `pool`'s database has applied with this build's.
+///
+/// # Errors
+/// [`SchemaError::Behind`] when a migration of this build is missing (also when the database
+/// has none, or the app role can't read the history, which migration 0019 grants it),
+/// [`SchemaError::Failed`] when one failed part-way, [`SchemaError::Database`] when the
+/// database could not be asked.
+pub async fn check_schema(pool: &PgPool) -> Result<Schema, SchemaError> {
+    let build = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let history: Result<(Option<i64>, Option<i64>), sqlx::Error> = sqlx::query_as(
+        "SELECT max(version) FILTER (WHERE success), min(version) FILTER (WHERE NOT success) \
+           FROM _sqlx_migrations",
+    )
+    .fetch_one(pool)
+    .await;
+    let (applied, failed) = match history {
+        Ok(row) => row,
+        // No history (never migrated), or none this role may read (migrated before 0019).
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P01" | "42501")) => {
+            (None, None)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(version) = failed {
+        return Err(SchemaError::Failed(version));
+    }
+    let database = applied.unwrap_or(0);
+    match database.cmp(&build) {
+        std::cmp::Ordering::Less => Err(SchemaError::Behind { database, build }),
+        std::cmp::Ordering::Equal => Ok(Schema::Current),
+        std::cmp::Ordering::Greater => Ok(Schema::Ahead { database, build }),
+    }
+}
+
 /// Why `migrate` failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
