@@ -140,16 +140,13 @@ fn app_pool(config: &Config) -> Result<sqlx::PgPool, CommandError> {
     db::connect_lazy(url.expose(), config.db_max_connections).map_err(CommandError::DatabaseUrl)
 }
 
-/// How long `serve` and `operator` wait at start to learn the database's schema.
-const SCHEMA_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Refuses to start against a schema this build can't use (a migration it needs is missing
-/// or failed). Starts anyway, saying so, when the database can't be asked yet: the pool
-/// connects lazily and `/ready` reports the database.
+/// or failed). Starts anyway, saying so, when the database can't be asked yet (the pool gives
+/// up after its acquire timeout): the pool connects lazily and `/ready` reports the database.
 async fn check_schema_at_start(pool: &sqlx::PgPool) -> Result<(), CommandError> {
-    match tokio::time::timeout(SCHEMA_CHECK_WAIT, db::check_schema(pool)).await {
-        Ok(Ok(db::Schema::Current)) => Ok(()),
-        Ok(Ok(db::Schema::Ahead { database, build })) => {
+    match db::check_schema(pool).await {
+        Ok(db::Schema::Current) => Ok(()),
+        Ok(db::Schema::Ahead { database, build }) => {
             tracing::warn!(
                 database,
                 build,
@@ -157,18 +154,11 @@ async fn check_schema_at_start(pool: &sqlx::PgPool) -> Result<(), CommandError> 
             );
             Ok(())
         }
-        Ok(Err(db::SchemaError::Database(e))) => {
+        Err(db::SchemaError::Database(e)) => {
             tracing::warn!(error = %e, "cannot read the database's migrations at start; starting without checking them");
             Ok(())
         }
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => {
-            tracing::warn!(
-                wait_seconds = SCHEMA_CHECK_WAIT.as_secs(),
-                "the database did not answer at start; starting without checking its migrations"
-            );
-            Ok(())
-        }
+        Err(e) => Err(e.into()),
     }
 }
 
