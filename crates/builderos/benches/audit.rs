@@ -26,7 +26,7 @@ use axum::routing::post;
 use builderos_api::audit::query::{ActionMatch, Filter};
 use builderos_api::audit::{self, AuditContext, ChainedFields, Event, GENESIS_HASH, store};
 use builderos_shared::db::{self, Scope};
-use builderos_test_support::{TestApp, TestDb};
+use builderos_test_support::{TestApp, TestDb, seal_journal};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -329,22 +329,11 @@ async fn post_until(
     load_until(app, urls, duration, |client, url| client.post(url)).await
 }
 
-/// Seals what the journal still holds, as a sealer would (every chain no other sealer holds,
-/// in one batch), until `superuser` finds the journal empty — a chain the background sealer
-/// held is sealed when its batch commits; how long that took.
+/// Seals what the journal still holds ([`seal_journal`]); how long that took.
 async fn drain(pool: &PgPool, superuser: &PgPool) -> Duration {
     let t = Instant::now();
-    loop {
-        audit::sealer::seal_all(pool).await.expect("seal");
-        let waiting: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM audit_journal)")
-            .fetch_one(superuser)
-            .await
-            .expect("journal");
-        if !waiting {
-            return t.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    seal_journal(pool, superuser).await;
+    t.elapsed()
 }
 
 fn main() {

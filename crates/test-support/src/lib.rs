@@ -519,25 +519,34 @@ impl TestApp {
     /// # Panics
     /// On database errors.
     pub async fn seal_audit(&self) {
-        let su = self.superuser_pool();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            builderos_api::audit::sealer::seal_all(&self.pool)
-                .await
-                .unwrap_or_else(|e| panic!("seal: {e}"));
-            let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_journal")
-                .fetch_one(&su)
-                .await
-                .unwrap_or_else(|e| panic!("journal: {e}"));
-            if waiting == 0 {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{waiting} audit events still wait in the journal"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        seal_journal(&self.pool, &self.superuser_pool()).await;
+    }
+}
+
+/// Seals every journaled audit event (as a sealer would, with the app's `pool`) until
+/// `superuser` finds the journal empty — a chain another sealer held is sealed when its batch
+/// commits.
+///
+/// # Panics
+/// On database errors, or when events still wait after 10 s.
+pub async fn seal_journal(pool: &PgPool, superuser: &PgPool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        builderos_api::audit::sealer::seal_all(pool)
+            .await
+            .unwrap_or_else(|e| panic!("seal: {e}"));
+        let waiting: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM audit_journal)")
+            .fetch_one(superuser)
+            .await
+            .unwrap_or_else(|e| panic!("journal: {e}"));
+        if !waiting {
+            return;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit events still wait in the journal"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 
