@@ -853,7 +853,7 @@ async fn events_wait_in_the_journal_until_sealed() {
         }
     };
     let chained = "SELECT count(*) FROM audit_events WHERE org_id = $1";
-    let journaled = "SELECT count(*) FROM audit_journal WHERE org_id = $1";
+    let journaled = "SELECT count(*) FROM audit_journal WHERE chain_id = $1";
     app.seal_audit().await;
     let before = count(chained).await;
 
@@ -924,44 +924,26 @@ async fn events_wait_in_the_journal_until_sealed() {
         .expect_err("another org's chain");
     assert!(err.to_string().contains("row-level security"), "{err}");
     drop(tx);
-    // Nor a row that sealing couldn't store: chain and org disagreeing, an unknown actor type
-    // or outcome (the insert policy holds the checks of `audit_events`, migration 0017).
-    for (org_id, actor_type, outcome, why) in [
-        (None, "system", "success", "chain and org disagree"),
-        (Some(org), "robot", "success", "unknown actor type"),
-        (Some(org), "system", "maybe", "unknown outcome"),
-    ] {
+    // Nor a row of its own making in another org's chain, nor in the platform's; in its own
+    // chain it can (what sealing makes of such a row: `forged_journal_rows_never_reach_a_chain`).
+    for (chain, allowed) in [(other, false), (uuid::Uuid::nil(), false), (org, true)] {
         let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
-        let err = sqlx::query(
-            "INSERT INTO audit_journal (id, chain_id, org_id, occurred_at, actor_type, action, \
-             outcome, detail, before_prev, before_seq, after_seq) \
-             VALUES (gen_random_uuid(), $1, $2, now(), $3, 'x', $4, '{}', '', '', '')",
+        let inserted = sqlx::query(
+            "INSERT INTO audit_journal (chain_id, before_prev, before_seq, after_seq) \
+             VALUES ($1, '', '', '')",
         )
-        .bind(org)
-        .bind(org_id)
-        .bind(actor_type)
-        .bind(outcome)
+        .bind(chain)
         .execute(&mut *tx)
-        .await
-        .expect_err(why);
-        assert!(
-            err.to_string().contains("row-level security"),
-            "{why}: {err}"
-        );
+        .await;
+        match inserted {
+            Ok(_) => assert!(allowed, "a row in chain {chain}"),
+            Err(err) => assert!(
+                !allowed && err.to_string().contains("row-level security"),
+                "{chain}: {err}"
+            ),
+        }
         drop(tx);
     }
-    // The same row with valid fields is accepted (so the refusals above are the fields').
-    let mut tx = db::begin(&pool, &Scope::org(org)).await.expect("begin");
-    sqlx::query(
-        "INSERT INTO audit_journal (id, chain_id, org_id, occurred_at, actor_type, action, \
-         outcome, detail, before_prev, before_seq, after_seq) \
-         VALUES (gen_random_uuid(), $1, $1, now(), 'system', 'x', 'success', '{}', '', '', '')",
-    )
-    .bind(org)
-    .execute(&mut *tx)
-    .await
-    .expect("a valid row");
-    drop(tx);
 
     let (_, report) = app
         .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
@@ -1032,9 +1014,12 @@ async fn an_unsealable_event_holds_back_only_its_chain() {
     app.seal_audit().await;
     let su = app.superuser_pool();
     sqlx::query(
-        "INSERT INTO audit_journal (id, chain_id, org_id, occurred_at, actor_type, action, \
-           outcome, detail, before_prev, before_seq, after_seq) \
-         SELECT e.id, e.org_id, e.org_id, now(), 'system', 'forged', 'success', '{}', '', '', '' \
+        "INSERT INTO audit_journal (chain_id, before_prev, before_seq, after_seq) \
+         SELECT e.org_id, \
+                convert_to('{\"action\":\"forged\",\"actor_type\":\"system\",\"detail\":{},\"id\":\"' \
+                           || e.id || '\",\"occurred_at\":\"2026-01-01T00:00:00Z\",\"org_id\":\"' \
+                           || e.org_id || '\",\"outcome\":\"success\",\"prev_hash\":\"', 'UTF8'), \
+                convert_to('\",\"seq\":', 'UTF8'), convert_to('}', 'UTF8') \
            FROM audit_events e WHERE e.org_id = $1::uuid AND e.seq = 1",
     )
     .bind(&stuck)
@@ -1079,12 +1064,274 @@ async fn an_unsealable_event_holds_back_only_its_chain() {
             .is_some_and(|e| e.iter().all(|e| e["action"] != "forged"))
     );
     let waiting: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_journal WHERE org_id = $1::uuid")
+        sqlx::query_scalar("SELECT count(*) FROM audit_journal WHERE chain_id = $1::uuid")
             .bind(&stuck)
             .fetch_one(&su)
             .await
             .expect("count");
     assert_eq!(waiting, 1);
+}
+
+/// The journal holds an event as its canonical JSON, and sealing reads the stored fields from
+/// it (migration 0020). A row the app's role could add to its own org's chain by hand is
+/// sealed only when it is an event of that org: one claiming another org, or the platform,
+/// or with fields `audit_events` refuses, or bytes that aren't an event at all, stops its own
+/// chain and reaches no other. One that is sealed was hashed from its bytes as they are, so
+/// verification finds it when it isn't the canonical JSON of what was stored.
+#[tokio::test]
+async fn forged_journal_rows_never_reach_a_chain() {
+    use builderos_api::audit::sealer;
+    use builderos_shared::db::{self, Scope};
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let victim: uuid::Uuid = app
+        .create_org(&alice, "victim")
+        .await
+        .parse()
+        .expect("uuid");
+    let su = app.superuser_pool();
+    let events_of = |org: Option<uuid::Uuid>| {
+        let su = su.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM audit_events WHERE org_id IS NOT DISTINCT FROM $1",
+            )
+            .bind(org)
+            .fetch_one(&su)
+            .await
+            .expect("count")
+        }
+    };
+    // Seals `org`'s chain (others are stuck on purpose); how many events that sealed.
+    let seal = |org: uuid::Uuid| {
+        let pool = app.pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.expect("conn");
+            sealer::seal(&mut *conn, Some(org)).await.expect("seal")
+        }
+    };
+    // An event's fields, as JSON object members, for `org`.
+    let fields = |org: &str, actor_type: &str, outcome: &str| {
+        format!(
+            "\"action\":\"forged\",\"actor_type\":\"{actor_type}\",\"detail\":{{}},\"id\":\"{}\",\
+             \"occurred_at\":\"2026-01-01T00:00:00Z\",\"org_id\":{org},\"outcome\":\"{outcome}\"",
+            uuid::Uuid::now_v7()
+        )
+    };
+    app.seal_audit().await;
+    let platform_before = events_of(None).await;
+    let victim_before = events_of(Some(victim)).await;
+    for why in [
+        "another org's event",
+        "a platform event",
+        "an unknown actor type",
+        "an unknown outcome",
+        "no action",
+        "not JSON",
+        "not UTF-8",
+    ] {
+        let org: uuid::Uuid = app
+            .create_org(&alice, &format!("o{}", uuid::Uuid::now_v7().simple()))
+            .await
+            .parse()
+            .expect("uuid");
+        seal(org).await;
+        let own = format!("\"{org}\"");
+        let members = match why {
+            "another org's event" => fields(&format!("\"{victim}\""), "system", "success"),
+            "a platform event" => fields("null", "system", "success"),
+            "an unknown actor type" => fields(&own, "robot", "success"),
+            "an unknown outcome" => fields(&own, "system", "maybe"),
+            "no action" => fields(&own, "system", "success").replace("\"action\":\"forged\",", ""),
+            "not JSON" => "\"garbage".to_owned(),
+            _ => String::new(),
+        };
+        let members = if why == "not UTF-8" {
+            b"\"\xff\xfe\":1".to_vec()
+        } else {
+            members.into_bytes()
+        };
+        let before_prev = [b"{".as_slice(), &members, b",\"prev_hash\":\""].concat();
+        let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
+        sqlx::query(
+            "INSERT INTO audit_journal (chain_id, before_prev, before_seq, after_seq) \
+             VALUES ($1, $2, '\\x222c22736571223a', '\\x7d')",
+        )
+        .bind(org)
+        .bind(before_prev)
+        .execute(&mut *tx)
+        .await
+        .unwrap_or_else(|e| panic!("{why}: the app may add to its own chain: {e}"));
+        tx.commit().await.expect("commit");
+        let chained = events_of(Some(org)).await;
+        assert_eq!(seal(org).await, 0, "{why}: sealed");
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_journal WHERE chain_id = $1")
+                .bind(org)
+                .fetch_one(&su)
+                .await
+                .expect("count");
+        assert_eq!(waiting, 1, "{why}: the row waits, holding back its chain");
+        assert_eq!(events_of(Some(org)).await, chained, "{why}");
+    }
+    assert_eq!(events_of(Some(victim)).await, victim_before);
+    assert_eq!(events_of(None).await, platform_before);
+    let (_, report) = app
+        .get_as(&format!("/v1/orgs/{victim}/audit/verify"), &alice.access)
+        .await;
+    assert_eq!(report["ok"], true, "{report}");
+
+    // A well-formed event of the org's own, though not in canonical form (fields left out): it
+    // is sealed, and verification names it.
+    let org: uuid::Uuid = app.create_org(&alice, "own").await.parse().expect("uuid");
+    seal(org).await;
+    let members = fields(&format!("\"{org}\""), "system", "success");
+    let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
+    sqlx::query(
+        "INSERT INTO audit_journal (chain_id, before_prev, before_seq, after_seq) \
+         VALUES ($1, convert_to('{' || $2 || ',\"prev_hash\":\"', 'UTF8'), \
+                 convert_to('\",\"seq\":', 'UTF8'), convert_to('}', 'UTF8'))",
+    )
+    .bind(org)
+    .bind(&members)
+    .execute(&mut *tx)
+    .await
+    .expect("insert");
+    tx.commit().await.expect("commit");
+    seal(org).await;
+    let (seq, action): (i64, String) = sqlx::query_as(
+        "SELECT seq, action FROM audit_events WHERE org_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(org)
+    .fetch_one(&su)
+    .await
+    .expect("sealed");
+    assert_eq!(action, "forged");
+    let (_, report) = app
+        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
+        .await;
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["first_broken_seq"], seq, "{report}");
+}
+
+/// Whatever text an event carries, sealing can store it and the stored event verifies: NULs
+/// (which PostgreSQL's text and jsonb can't hold) become U+FFFD, in the fields and in detail's
+/// keys and strings, and overlong request ids and user agents are cut to 128 and 256 characters.
+#[tokio::test]
+async fn events_with_any_text_are_sealed_and_verify() {
+    use builderos_api::audit::{self, Actor, AuditContext, Event};
+    use builderos_shared::db::{self, Scope};
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let org: uuid::Uuid = app.create_org(&alice, "acme").await.parse().expect("uuid");
+    let ctx = AuditContext {
+        actor: Actor::Token {
+            id: uuid::Uuid::now_v7(),
+            name: "bot\0\u{1f600} \"q\" \\ \n".to_owned(),
+        },
+        auth_method: Some("api_token\0".to_owned()),
+        request_id: Some("r\u{e9}".repeat(100)),
+        client_addr: Some("::1".to_owned()),
+        user_agent: Some("\u{e9}\0".repeat(200)),
+    };
+    let event = Event::success("project.rename", "project", "p\0\u{7f}\u{1}")
+        .detail(json!({"k\u{0}": ["v\u{0}", {"\u{2028}": 1.5e300}], "n": -0.0}));
+    let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
+    audit::record(&mut tx, Some(org), &ctx, event)
+        .await
+        .expect("record");
+    tx.commit().await.expect("commit");
+    app.seal_audit().await;
+    let (status, page) = app
+        .get_as(
+            &format!("/v1/orgs/{org}/audit/events?limit=1"),
+            &alice.access,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let e = &page["events"][0];
+    assert_eq!(e["actor_name"], "bot\u{fffd}\u{1f600} \"q\" \\ \n");
+    assert_eq!(e["auth_method"], "api_token\u{fffd}");
+    assert_eq!(e["target_id"], "p\u{fffd}\u{7f}\u{1}");
+    assert_eq!(e["request_id"], "r\u{e9}".repeat(64));
+    assert_eq!(e["user_agent"], "\u{e9}\u{fffd}".repeat(128));
+    assert_eq!(e["detail"]["k\u{fffd}"][0], "v\u{fffd}");
+    let (_, report) = app
+        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
+        .await;
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+/// During a rolling deploy, builds from before migration 0020 still insert every field as a
+/// column next to the canonical JSON; sealing takes the event from the JSON as it does for
+/// this build's rows, and the chain verifies.
+#[tokio::test]
+async fn journal_rows_of_older_builds_are_still_sealed() {
+    use builderos_api::audit::{ChainedFields, timestamp};
+    use builderos_shared::db::{self, Scope};
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice@example.com").await;
+    let org: uuid::Uuid = app.create_org(&alice, "acme").await.parse().expect("uuid");
+    let id = uuid::Uuid::now_v7();
+    let at = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(1_780_000_000_123_456)
+        .expect("time");
+    let detail = json!({"from": "Web", "to": "Site"});
+    let [before_prev, before_seq, after_seq] = ChainedFields {
+        id,
+        org_id: Some(org),
+        seq: 0,
+        occurred_at: timestamp(at),
+        actor_type: "system",
+        actor_id: None,
+        actor_name: Some("system"),
+        auth_method: None,
+        action: "project.rename",
+        target_type: Some("project"),
+        target_id: Some("p-1"),
+        outcome: "success",
+        request_id: Some("req-1"),
+        client_addr: None,
+        user_agent: None,
+        detail: &detail,
+        prev_hash: "",
+    }
+    .canonical_split();
+    let mut tx = db::begin(&app.pool, &Scope::org(org)).await.expect("begin");
+    sqlx::query(
+        "INSERT INTO audit_journal (chain_id, id, org_id, occurred_at, actor_type, actor_id, \
+         actor_name, auth_method, action, target_type, target_id, outcome, request_id, \
+         client_addr, user_agent, detail, before_prev, before_seq, after_seq) \
+         VALUES ($1, $2, $1, $3, 'system', NULL, 'system', NULL, 'project.rename', 'project', \
+                 'p-1', 'success', 'req-1', NULL, NULL, $4, $5, $6, $7)",
+    )
+    .bind(org)
+    .bind(id)
+    .bind(at)
+    .bind(&detail)
+    .bind(before_prev)
+    .bind(before_seq)
+    .bind(after_seq)
+    .execute(&mut *tx)
+    .await
+    .expect("an older build's insert");
+    tx.commit().await.expect("commit");
+    app.seal_audit().await;
+    let (status, page) = app
+        .get_as(
+            &format!("/v1/orgs/{org}/audit/events?limit=1"),
+            &alice.access,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let e = &page["events"][0];
+    assert_eq!(e["id"], id.to_string());
+    assert_eq!(e["occurred_at"], timestamp(at));
+    assert_eq!(e["detail"], detail);
+    assert_eq!(e["request_id"], "req-1");
+    let (_, report) = app
+        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
+        .await;
+    assert_eq!(report["ok"], true, "{report}");
 }
 
 /// With no reader asking, the background sealer seals what was committed by itself.

@@ -446,16 +446,15 @@ pub fn sanitize(detail: Value) -> Value {
                 map.into_iter()
                     .map(|(k, v)| {
                         if is_redacted(&k) {
-                            (k, Value::String("[redacted]".to_owned()))
+                            (without_nul(k), Value::String("[redacted]".to_owned()))
                         } else {
-                            (k, redact(v))
+                            (without_nul(k), redact(v))
                         }
                     })
                     .collect(),
             ),
             Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
-            // PostgreSQL's jsonb can't hold NUL characters; an event must never fail to store.
-            Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{fffd}")),
+            Value::String(s) => Value::String(without_nul(s)),
             other => other,
         }
     }
@@ -468,16 +467,10 @@ pub fn sanitize(detail: Value) -> Value {
     }
 }
 
-fn truncate(s: Option<&str>, max: usize) -> Option<String> {
-    s.map(|s| s.chars().take(max).collect())
-}
-
 /// The journal's columns, in the order [`Journaled::bind`] adds their values.
-const JOURNAL_COLUMNS: &str = "chain_id, id, org_id, occurred_at, actor_type, actor_id, actor_name, auth_method, \
-     action, target_type, target_id, outcome, request_id, client_addr, user_agent, detail, before_prev, before_seq, \
-     after_seq";
+const JOURNAL_COLUMNS: &str = "chain_id, before_prev, before_seq, after_seq";
 /// How many values [`Journaled::bind`] adds.
-const JOURNAL_VALUES: usize = 19;
+const JOURNAL_VALUES: usize = 4;
 
 /// Records `event` in the caller's transaction, for `org`'s chain (the platform chain when
 /// `org` is None): it commits or rolls back with the change. It joins the chain — gets its
@@ -601,108 +594,98 @@ fn leading_with(sql: &str) -> Option<(&str, &str)> {
     }
 }
 
-/// An event as the journal takes it; [`Journaled::bind`] adds its canonical JSON, split around
-/// the chain fields the sealer fills in.
+/// An event as the journal takes it: its chain, and its canonical JSON split around the chain
+/// fields the sealer fills in. Sealing reads the event's columns from that JSON (migration
+/// 0020), so the fields stored are exactly the fields hashed.
 struct Journaled {
     chain: Uuid,
-    org: Option<Uuid>,
-    id: Uuid,
-    occurred_at: DateTime<Utc>,
-    actor_type: &'static str,
-    actor_id: Option<String>,
-    actor_name: Option<String>,
-    auth_method: Option<String>,
-    action: &'static str,
-    target_type: Option<&'static str>,
-    target_id: Option<String>,
-    outcome: Outcome,
-    request_id: Option<String>,
-    client_addr: Option<String>,
-    user_agent: Option<String>,
-    detail: Value,
+    split: [Vec<u8>; 3],
 }
 
 impl Journaled {
     fn new(org: Option<Uuid>, ctx: &AuditContext, event: Event) -> Self {
+        fn text(s: Option<&str>, max: usize) -> Option<Cow<'_, str>> {
+            s.map(|s| storable(s, max))
+        }
         if let (Some(org), Outcome::Success) = (org, event.outcome) {
             // Every change to an org passes here: this replica's cached reads of the org go
             // now, so its next request reads what this transaction wrote (other replicas hear
             // of the commit through the cache triggers).
             crate::cache::changed(org);
         }
-        let occurred_at = Utc::now().trunc_subsecs(6);
         let (actor_type, actor_id, actor_name) = match &ctx.actor {
-            Actor::User { id, name } => ("user", Some(id.to_string()), Some(name.clone())),
-            Actor::Token { id, name } => ("token", Some(id.to_string()), Some(name.clone())),
-            Actor::System => ("system", None, Some("system".to_owned())),
+            Actor::User { id, name } => ("user", Some(id.to_string()), Some(name.as_str())),
+            Actor::Token { id, name } => ("token", Some(id.to_string()), Some(name.as_str())),
+            Actor::System => ("system", None, Some("system")),
             Actor::Anonymous => ("anonymous", None, None),
         };
-        Self {
-            chain: org.unwrap_or(PLATFORM_CHAIN),
-            org,
+        let detail = sanitize(event.detail);
+        let actor_name = text(actor_name, usize::MAX);
+        let auth_method = text(ctx.auth_method.as_deref(), usize::MAX);
+        let target_id = text(event.target_id.as_deref(), usize::MAX);
+        let request_id = text(ctx.request_id.as_deref(), 128);
+        let client_addr = text(ctx.client_addr.as_deref(), usize::MAX);
+        let user_agent = text(ctx.user_agent.as_deref(), 256);
+        let split = ChainedFields {
             id: Uuid::now_v7(),
-            occurred_at,
-            actor_type,
-            actor_id,
-            actor_name,
-            auth_method: ctx.auth_method.clone(),
-            action: event.action,
-            target_type: event.target_type,
-            target_id: event.target_id,
-            outcome: event.outcome,
-            request_id: truncate(ctx.request_id.as_deref(), 128),
-            client_addr: ctx.client_addr.clone(),
-            user_agent: truncate(ctx.user_agent.as_deref(), 256),
-            detail: sanitize(event.detail),
-        }
-    }
-
-    fn fields(&self) -> ChainedFields<'_> {
-        ChainedFields {
-            id: self.id,
-            org_id: self.org,
+            org_id: org,
             // Filled in by the database under the chain's lock.
             seq: 0,
-            occurred_at: timestamp(self.occurred_at),
-            actor_type: self.actor_type,
-            actor_id: self.actor_id.as_deref(),
-            actor_name: self.actor_name.as_deref(),
-            auth_method: self.auth_method.as_deref(),
-            action: self.action,
-            target_type: self.target_type,
-            target_id: self.target_id.as_deref(),
-            outcome: self.outcome.as_str(),
-            request_id: self.request_id.as_deref(),
-            client_addr: self.client_addr.as_deref(),
-            user_agent: self.user_agent.as_deref(),
-            detail: &self.detail,
+            occurred_at: timestamp(Utc::now().trunc_subsecs(6)),
+            actor_type,
+            actor_id: actor_id.as_deref(),
+            actor_name: actor_name.as_deref(),
+            auth_method: auth_method.as_deref(),
+            action: event.action,
+            target_type: event.target_type,
+            target_id: target_id.as_deref(),
+            outcome: event.outcome.as_str(),
+            request_id: request_id.as_deref(),
+            client_addr: client_addr.as_deref(),
+            user_agent: user_agent.as_deref(),
+            detail: &detail,
             prev_hash: "",
+        }
+        .canonical_split();
+        Self {
+            chain: org.unwrap_or(PLATFORM_CHAIN),
+            split,
         }
     }
 
     /// Adds the values of [`JOURNAL_COLUMNS`] to `args`, in order.
     fn bind(self, args: &mut PgArguments) -> Result<(), sqlx::error::BoxDynError> {
-        let [before_prev, before_seq, after_seq] = self.fields().canonical_split();
+        let [before_prev, before_seq, after_seq] = self.split;
         args.add(self.chain)?;
-        args.add(self.id)?;
-        args.add(self.org)?;
-        args.add(self.occurred_at)?;
-        args.add(self.actor_type)?;
-        args.add(self.actor_id)?;
-        args.add(self.actor_name)?;
-        args.add(self.auth_method)?;
-        args.add(self.action)?;
-        args.add(self.target_type)?;
-        args.add(self.target_id)?;
-        args.add(self.outcome.as_str())?;
-        args.add(self.request_id)?;
-        args.add(self.client_addr)?;
-        args.add(self.user_agent)?;
-        args.add(self.detail)?;
         args.add(before_prev)?;
         args.add(before_seq)?;
         args.add(after_seq)?;
         Ok(())
+    }
+}
+
+/// [`storable`], of any length, for detail's keys and strings.
+fn without_nul(s: String) -> String {
+    match storable(&s, usize::MAX) {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(cleaned) => cleaned,
+    }
+}
+
+/// `s` as an event field: at most `max` characters, and no NUL (PostgreSQL's text and jsonb
+/// can't hold one, and sealing must be able to store every event); borrowed when it already is.
+fn storable(s: &str, max: usize) -> Cow<'_, str> {
+    // Never more characters than bytes.
+    let end = if s.len() <= max {
+        s.len()
+    } else {
+        s.char_indices().nth(max).map_or(s.len(), |(at, _)| at)
+    };
+    let s = &s[..end];
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
@@ -818,7 +801,7 @@ mod tests {
             assert_eq!(leading_with(sql), None, "{sql}");
         }
         assert_eq!(placeholders(3).split(',').count(), JOURNAL_VALUES);
-        assert!(placeholders(3).starts_with("$3,$4,") && placeholders(3).ends_with(",$21"));
+        assert_eq!(placeholders(3), "$3,$4,$5,$6");
         assert_eq!(JOURNAL_COLUMNS.split(',').count(), JOURNAL_VALUES);
     }
 
@@ -834,6 +817,22 @@ mod tests {
         assert_eq!(d["nested"]["api_token"], "[redacted]");
         let big = sanitize(serde_json::json!({"blob": "x".repeat(MAX_DETAIL_BYTES)}));
         assert_eq!(big["truncated"], true);
+    }
+
+    /// Event fields are cut to their length in characters and never hold a NUL; detail's keys
+    /// and strings at any depth neither.
+    #[test]
+    fn stored_text_has_no_nul_and_keeps_its_length() {
+        assert!(matches!(storable("curl/8", 256), Cow::Borrowed("curl/8")));
+        assert_eq!(storable("a\0b", 10), "a\u{fffd}b");
+        assert_eq!(storable("d\u{e9}j\u{e0}", 3), "d\u{e9}j");
+        assert_eq!(storable("\u{1f600}\0x", 2), "\u{1f600}\u{fffd}");
+        assert_eq!(storable("abc", 0), "");
+        let d = sanitize(serde_json::json!({"k\u{0}": ["v\u{0}", {"\u{0}": "\u{0}"}]}));
+        assert_eq!(
+            d,
+            serde_json::json!({"k\u{fffd}": ["v\u{fffd}", {"\u{fffd}": "\u{fffd}"}]})
+        );
     }
 
     /// A key is redacted when it is a secret's name or ends in `_` and one, in any ASCII case.
@@ -868,7 +867,9 @@ mod tests {
         for first in [1, 3, 63, 64, 200] {
             let cte = journal_cte(first);
             assert_eq!(cte, journal_cte(first));
-            assert!(cte.starts_with("audit_event AS (INSERT INTO audit_journal (chain_id, id,"));
+            assert!(cte.starts_with(
+                "audit_event AS (INSERT INTO audit_journal (chain_id, before_prev, before_seq, after_seq) VALUES"
+            ));
             let last = first + JOURNAL_VALUES - 1;
             assert!(
                 cte.contains(&format!("VALUES (${first},"))

@@ -1,9 +1,9 @@
-//! Sealing: giving journaled events their place in their chain (migration 0012).
+//! Sealing: giving journaled events their place in their chain (migrations 0012 and 0020).
 //!
-//! [`super::record`] puts an event in `audit_journal` in the transaction of its change.
-//! `audit_seal` (SQL) moves journaled events into `audit_events`, each with the next `seq` of
-//! its chain and its hash chained to the one before, one transaction per batch and one sealer
-//! per chain at a time.
+//! [`super::record`] puts an event in `audit_journal` in the transaction of its change, as its
+//! canonical JSON. `audit_seal` (SQL) moves journaled events into `audit_events`, their fields
+//! read from that JSON, each with the next `seq` of its chain and its hash chained to the one
+//! before, one transaction per batch and one sealer per chain at a time.
 //!
 //! Every API replica runs a background [`Sealer`]: woken by its own writes, it waits
 //! [`BATCH_WINDOW`] so that concurrent requests' events share a batch (and their commits land),
