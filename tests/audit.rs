@@ -21,6 +21,24 @@ async fn events(
         .expect("events")
 }
 
+/// `org`'s newest event, as the API lists it to `who` (reading the trail seals it first).
+async fn newest_event(app: &TestApp, org: impl std::fmt::Display, who: &Session) -> Value {
+    let (status, page) = app
+        .get_as(&format!("/v1/orgs/{org}/audit/events?limit=1"), &who.access)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page["events"][0].clone()
+}
+
+/// What verifying `org`'s chain through the API reports to `who`.
+async fn verify_report(app: &TestApp, org: impl std::fmt::Display, who: &Session) -> Value {
+    let (status, report) = app
+        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &who.access)
+        .await;
+    assert_eq!(status, 200, "{report}");
+    report
+}
+
 /// Every mutating endpoint writes exactly one event with the expected action and target, in
 /// the org's chain; denied attempts are recorded as `denied`.
 #[tokio::test]
@@ -821,9 +839,7 @@ async fn concurrent_writers_keep_one_chain() {
     for t in tasks {
         assert_eq!(t.await.expect("task").expect("send"), 201);
     }
-    let (_, report) = app
-        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
-        .await;
+    let report = verify_report(&app, org, &alice).await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["checked"], 25);
 }
@@ -945,9 +961,7 @@ async fn events_wait_in_the_journal_until_sealed() {
         drop(tx);
     }
 
-    let (_, report) = app
-        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
-        .await;
+    let report = verify_report(&app, org, &alice).await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["checked"], before + 2);
 }
@@ -1176,9 +1190,7 @@ async fn forged_journal_rows_never_reach_a_chain() {
     }
     assert_eq!(events_of(Some(victim)).await, victim_before);
     assert_eq!(events_of(None).await, platform_before);
-    let (_, report) = app
-        .get_as(&format!("/v1/orgs/{victim}/audit/verify"), &alice.access)
-        .await;
+    let report = verify_report(&app, victim, &alice).await;
     assert_eq!(report["ok"], true, "{report}");
 
     // A well-formed event of the org's own, though not in canonical form (fields left out): it
@@ -1207,9 +1219,7 @@ async fn forged_journal_rows_never_reach_a_chain() {
     .await
     .expect("sealed");
     assert_eq!(action, "forged");
-    let (_, report) = app
-        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
-        .await;
+    let report = verify_report(&app, org, &alice).await;
     assert_eq!(report["ok"], false, "{report}");
     assert_eq!(report["first_broken_seq"], seq, "{report}");
 }
@@ -1242,23 +1252,14 @@ async fn events_with_any_text_are_sealed_and_verify() {
         .expect("record");
     tx.commit().await.expect("commit");
     app.seal_audit().await;
-    let (status, page) = app
-        .get_as(
-            &format!("/v1/orgs/{org}/audit/events?limit=1"),
-            &alice.access,
-        )
-        .await;
-    assert_eq!(status, 200, "{page}");
-    let e = &page["events"][0];
+    let e = &newest_event(&app, org, &alice).await;
     assert_eq!(e["actor_name"], "bot\u{fffd}\u{1f600} \"q\" \\ \n");
     assert_eq!(e["auth_method"], "api_token\u{fffd}");
     assert_eq!(e["target_id"], "p\u{fffd}\u{7f}\u{1}");
     assert_eq!(e["request_id"], "r\u{e9}".repeat(64));
     assert_eq!(e["user_agent"], "\u{e9}\u{fffd}".repeat(128));
     assert_eq!(e["detail"]["k\u{fffd}"][0], "v\u{fffd}");
-    let (_, report) = app
-        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
-        .await;
+    let report = verify_report(&app, org, &alice).await;
     assert_eq!(report["ok"], true, "{report}");
 }
 
@@ -1316,21 +1317,12 @@ async fn journal_rows_of_older_builds_are_still_sealed() {
     .expect("an older build's insert");
     tx.commit().await.expect("commit");
     app.seal_audit().await;
-    let (status, page) = app
-        .get_as(
-            &format!("/v1/orgs/{org}/audit/events?limit=1"),
-            &alice.access,
-        )
-        .await;
-    assert_eq!(status, 200, "{page}");
-    let e = &page["events"][0];
+    let e = &newest_event(&app, org, &alice).await;
     assert_eq!(e["id"], id.to_string());
     assert_eq!(e["occurred_at"], timestamp(at));
     assert_eq!(e["detail"], detail);
     assert_eq!(e["request_id"], "req-1");
-    let (_, report) = app
-        .get_as(&format!("/v1/orgs/{org}/audit/verify"), &alice.access)
-        .await;
+    let report = verify_report(&app, org, &alice).await;
     assert_eq!(report["ok"], true, "{report}");
 }
 
