@@ -8,6 +8,7 @@ use builderos_shared::db::{self, Scope};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use super::query::ActorBranch;
 use super::query::Filter;
 use super::verify::{ChainVerifier, Report};
 use super::{EVENT_COLUMNS, StoredEvent};
@@ -28,15 +29,29 @@ pub async fn page_desc(
         super::sealer::seal(pool, Some(org)).await?;
     }
     let mut tx = db::begin(pool, &Scope::org(org)).await?;
-    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-        "SELECT {EVENT_COLUMNS} FROM audit_events WHERE org_id = "
-    ));
-    qb.push_bind(org);
-    filter.push_conditions(&mut qb);
-    if let Some(before) = before {
-        qb.push(" AND seq < ").push_bind(before);
+    // One page of the events matching `filter` (its actor matched as `actor` says).
+    let push_page = |qb: &mut QueryBuilder<Postgres>, actor: ActorBranch| {
+        qb.push(format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_events WHERE org_id = "
+        ));
+        qb.push_bind(org);
+        filter.push_conditions(qb, actor);
+        if let Some(before) = before {
+            qb.push(" AND seq < ").push_bind(before);
+        }
+        qb.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
+    };
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("");
+    if filter.actor.is_some() {
+        // The actor by name or by id: a page of each, merged (Filter::push_conditions).
+        qb.push(format!("SELECT {EVENT_COLUMNS} FROM (("));
+        push_page(&mut qb, ActorBranch::Name);
+        qb.push(") UNION ALL (");
+        push_page(&mut qb, ActorBranch::IdNotName);
+        qb.push(")) AS e ORDER BY seq DESC LIMIT ").push_bind(limit);
+    } else {
+        push_page(&mut qb, ActorBranch::Name);
     }
-    qb.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
     let events = qb
         .build_query_as::<StoredEvent>()
         .fetch_all(&mut *tx)
