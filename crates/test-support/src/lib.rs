@@ -107,10 +107,16 @@ fn watch_and_clean(server_pid: i32, root: &std::path::Path) {
 
 use std::os::unix::process::CommandExt as _;
 
-async fn create_template(cluster: &Cluster) {
-    let mut conn = PgConnection::connect(&cluster.superuser_url("postgres"))
+/// A superuser connection to the cluster's `postgres` database, for creating and dropping
+/// databases.
+async fn maintenance_conn(cluster: &Cluster) -> PgConnection {
+    PgConnection::connect(&cluster.superuser_url("postgres"))
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}"));
+        .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}"))
+}
+
+async fn create_template(cluster: &Cluster) {
+    let mut conn = maintenance_conn(cluster).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE DATABASE {TEMPLATE_DB} OWNER {}",
         pg::OWNER_ROLE
@@ -145,9 +151,7 @@ impl TestDb {
     pub async fn new() -> Self {
         let cluster = cluster().await;
         let name = format!("test_{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
-        let mut conn = PgConnection::connect(&cluster.superuser_url("postgres"))
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}"));
+        let mut conn = maintenance_conn(&cluster).await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB} OWNER {}",
             pg::OWNER_ROLE
@@ -172,9 +176,7 @@ impl TestDb {
     /// When the cluster refuses.
     pub async fn drop_database(self) {
         let cluster = cluster().await;
-        let mut conn = PgConnection::connect(&cluster.superuser_url("postgres"))
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}"));
+        let mut conn = maintenance_conn(&cluster).await;
         // Two statements, each its own transaction (DROP DATABASE can't run inside one).
         for sql in [
             format!("DROP DATABASE {} WITH (FORCE)", self.name),

@@ -8,8 +8,7 @@ use builderos_shared::db::{self, Scope};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::query::ActorBranch;
-use super::query::Filter;
+use super::query::{ActorBranch, Filter};
 use super::verify::{ChainVerifier, Report};
 use super::{EVENT_COLUMNS, StoredEvent};
 
@@ -50,6 +49,7 @@ pub async fn page_desc(
         push_page(&mut qb, ActorBranch::IdNotName);
         qb.push(")) AS e ORDER BY seq DESC LIMIT ").push_bind(limit);
     } else {
+        // No actor to match: either branch reads the same.
         push_page(&mut qb, ActorBranch::Name);
     }
     let events = qb
